@@ -1,0 +1,143 @@
+"""
+The command connection: one lazy txredisapi connection that carries every
+GET and PUBLISH of the daemon.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import txredisapi
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+
+from redis_ajax_push.errors import REDIS_ERROR, REDIS_UNAVAILABLE, TaskError
+from redis_ajax_push.redis_url import RedisURL
+
+T = TypeVar("T")
+
+# Connecting gives up after this many seconds; the factory then backs off and
+# tries again.
+CONNECT_TIMEOUT = 5
+
+
+def redis_endpoint(reactor: Any, url: RedisURL) -> IStreamClientEndpoint:
+    """
+    Build the client endpoint for C{url}.
+    """
+    if url.path is not None:
+        return UNIXClientEndpoint(reactor, url.path, timeout=CONNECT_TIMEOUT)
+    # parse_redis_url sets exactly one of path and host.
+    assert url.host is not None
+    return HostnameEndpoint(reactor, url.host, url.port, timeout=CONNECT_TIMEOUT)
+
+
+def redis_factory(
+    url: RedisURL,
+    factory_class: type[txredisapi.RedisFactory] = txredisapi.RedisFactory,
+    select_db: bool = True,
+) -> Any:
+    """
+    Build a lazy, reconnecting txredisapi factory for one connection.
+
+    Replies stay raw: C{charset=None} keeps values as the bytes Redis stored,
+    and C{convertNumbers=False} stops a stored C{"42"} from coming back as
+    the integer 42.
+    """
+    return factory_class(
+        str(url),
+        url.db if select_db and url.db else None,
+        1,
+        isLazy=True,
+        charset=None,
+        password=url.password,
+        convertNumbers=False,
+        username=url.username,
+    )
+
+
+class CommandConnection:
+    """
+    Sends GET, PUBLISH and PING on one lazy connection that reconnects with
+    backoff.
+
+    Every command is bounded by C{timeout} seconds: txredisapi keeps a
+    command waiting for as long as its lazy connection is down, and a client
+    must not wait that long.
+    """
+
+    log = Logger()
+
+    def __init__(self, url: RedisURL, timeout: float, reactor: IReactorTime) -> None:
+        self._url = url
+        self._timeout = timeout
+        self._reactor = reactor
+        self._factory = redis_factory(url)
+
+    def start(self) -> None:
+        """
+        Start connecting. Commands sent before the connection is up wait for
+        it, within their timeout.
+        """
+        self._factory.startConnecting(redis_endpoint(self._reactor, self._url))
+
+    def stop(self) -> defer.Deferred[None]:
+        """
+        Close the connection and stop reconnecting. The Deferred fires once
+        the connection is closed.
+        """
+        return self._factory.disconnect()
+
+    @property
+    def connected(self) -> bool:
+        return self._factory.size > 0
+
+    async def get(self, key: str) -> bytes | None:
+        """
+        Read a key's value: its bytes, or C{None} when it does not exist.
+
+        @raise TaskError: L{REDIS_ERROR} for an error reply (wrong type,
+            dataset still loading, ...); L{REDIS_UNAVAILABLE} when Redis does
+            not answer within the timeout.
+        """
+        value = await self._run(self._factory.handler.get(key), "GET", key)
+        if value is not None and not isinstance(value, bytes):
+            raise TaskError(REDIS_ERROR, f"GET {key} returned {type(value).__name__}")
+        return value
+
+    async def publish(self, channel: str, message: bytes) -> int:
+        """
+        Publish C{message} on C{channel} and return how many subscribers
+        received it.
+
+        @raise TaskError: as for L{get}.
+        """
+        count: int = await self._run(
+            self._factory.handler.publish(channel, message), "PUBLISH", channel
+        )
+        return count
+
+    async def ping(self) -> None:
+        """
+        Check that Redis answers.
+
+        @raise TaskError: as for L{get}.
+        """
+        await self._run(self._factory.handler.ping(), "PING", "")
+
+    async def _run(self, command: defer.Deferred[Any], name: str, target: str) -> Any:
+        command.addTimeout(self._timeout, self._reactor)
+        try:
+            return await command
+        except txredisapi.ResponseError as error:
+            self.log.warn(
+                "Redis rejected {command} {target}: {error}",
+                command=name,
+                target=target,
+                error=str(error),
+            )
+            raise TaskError(REDIS_ERROR, str(error)) from None
+        except (txredisapi.ConnectionError, defer.TimeoutError) as error:
+            raise TaskError(REDIS_UNAVAILABLE, f"{name}: {error}") from None

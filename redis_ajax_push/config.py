@@ -1,0 +1,264 @@
+"""
+Configuration: the TOML file, its defaults and its validation.
+
+Every key is checked at startup. A user mistake raises L{ConfigError} with one
+sentence that names the key and the fix, never a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from redis_ajax_push.redis_url import RedisURL, RedisURLError, parse_redis_url
+
+
+class ConfigError(Exception):
+    """
+    A configuration file or option is invalid. The message is one sentence
+    meant for the operator.
+    """
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    listen: str = "tcp:8888:interface=127.0.0.1"
+    legacy_status_codes: bool = False
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: RedisURL = field(
+        default_factory=lambda: parse_redis_url("redis://127.0.0.1:6379/0")
+    )
+    prefix: str = "RA_"
+    channels_per_connection: int = 16
+    command_timeout: float = 2.0
+    subscriber_idle_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    heartbeat_interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class TaskIdConfig:
+    pattern: str = "[A-Za-z0-9_]+"
+    max_length: int = 32
+
+
+@dataclass(frozen=True)
+class Config:
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    task_id: TaskIdConfig = field(default_factory=TaskIdConfig)
+
+
+def _check_type(key: str, value: Any, kind: type | tuple[type, ...]) -> None:
+    # bool is a subclass of int, and "true" is never meant as a number.
+    if isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{key}: expected {_kind_name(kind)}, got a boolean")
+    if not isinstance(value, kind):
+        raise ConfigError(
+            f"{key}: expected {_kind_name(kind)}, got {type(value).__name__}"
+        )
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {bool: "a boolean", int: "an integer", str: "a string", float: "a number"}
+    if isinstance(kind, tuple):
+        return "a number"
+    return names.get(kind, kind.__name__)
+
+
+def _take(
+    table: dict[str, Any], section: str, key: str, kind: Any, default: Any
+) -> Any:
+    if key not in table:
+        return default
+    value = table.pop(key)
+    _check_type(f"{section}.{key}", value, kind)
+    return float(value) if kind == (int, float) else value
+
+
+def _reject_unknown(table: dict[str, Any], section: str) -> None:
+    if table:
+        unknown = ", ".join(sorted(f"{section}.{key}" for key in table))
+        raise ConfigError(f"unknown key {unknown}: remove it or check its spelling")
+
+
+def _section(document: dict[str, Any], name: str) -> dict[str, Any]:
+    table = document.pop(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{name}: expected a table [{name}]")
+    return dict(table)
+
+
+def _parse_http(table: dict[str, Any]) -> HTTPConfig:
+    default = HTTPConfig()
+    listen = _take(table, "http", "listen", str, default.listen)
+    legacy = _take(
+        table, "http", "legacy_status_codes", bool, default.legacy_status_codes
+    )
+    _reject_unknown(table, "http")
+    return HTTPConfig(listen=listen, legacy_status_codes=legacy)
+
+
+def _parse_redis(table: dict[str, Any]) -> RedisConfig:
+    default = RedisConfig()
+    number = (int, float)
+    url_text = _take(table, "redis", "url", str, None)
+    url = default.url if url_text is None else _checked_url("redis.url", url_text)
+    prefix = _take(table, "redis", "prefix", str, default.prefix)
+    per_connection = _take(
+        table,
+        "redis",
+        "channels_per_connection",
+        int,
+        default.channels_per_connection,
+    )
+    command_timeout = _take(
+        table, "redis", "command_timeout", number, default.command_timeout
+    )
+    idle_timeout = _take(
+        table,
+        "redis",
+        "subscriber_idle_timeout",
+        number,
+        default.subscriber_idle_timeout,
+    )
+    _reject_unknown(table, "redis")
+
+    if not prefix or any(ch.isspace() for ch in prefix):
+        raise ConfigError("redis.prefix: must be non-empty and contain no whitespace")
+    if per_connection < 1:
+        raise ConfigError("redis.channels_per_connection: must be 1 or more")
+    if command_timeout <= 0:
+        raise ConfigError("redis.command_timeout: must be more than 0 seconds")
+    if idle_timeout < 0:
+        raise ConfigError("redis.subscriber_idle_timeout: must be 0 or more seconds")
+    return RedisConfig(
+        url=url,
+        prefix=prefix,
+        channels_per_connection=per_connection,
+        command_timeout=command_timeout,
+        subscriber_idle_timeout=idle_timeout,
+    )
+
+
+def _parse_watch(table: dict[str, Any]) -> WatchConfig:
+    default = WatchConfig()
+    interval = _take(
+        table, "watch", "heartbeat_interval", (int, float), default.heartbeat_interval
+    )
+    _reject_unknown(table, "watch")
+    if interval < 0:
+        raise ConfigError("watch.heartbeat_interval: must be 0 (off) or more seconds")
+    return WatchConfig(heartbeat_interval=interval)
+
+
+def _parse_task_id(table: dict[str, Any]) -> TaskIdConfig:
+    default = TaskIdConfig()
+    pattern = _take(table, "task_id", "pattern", str, default.pattern)
+    max_length = _take(table, "task_id", "max_length", int, default.max_length)
+    _reject_unknown(table, "task_id")
+    try:
+        re.compile(pattern, re.ASCII)
+    except re.error as error:
+        raise ConfigError(
+            f"task_id.pattern: {pattern!r} is not a valid regular expression ({error})"
+        ) from None
+    if max_length < 1:
+        raise ConfigError("task_id.max_length: must be 1 or more")
+    return TaskIdConfig(pattern=pattern, max_length=max_length)
+
+
+def _checked_url(key: str, text: str) -> RedisURL:
+    try:
+        return parse_redis_url(text)
+    except RedisURLError as error:
+        raise ConfigError(f"{key}: {error}") from None
+
+
+def _check_listen(key: str, description: str) -> None:
+    # Imported here so that reading a config pulls in no reactor.
+    from twisted.internet import endpoints
+
+    class _NoReactor:
+        """
+        Stands in for the reactor: parsing needs one only to build the
+        endpoint, which listens on nothing until C{listen()} is called.
+        """
+
+    try:
+        endpoints.serverFromString(_NoReactor(), description)
+    except (ValueError, KeyError, TypeError, OSError) as error:
+        raise ConfigError(
+            f"{key}: {description!r} is not a valid Twisted server endpoint "
+            f"string ({error}); example: tcp:8888:interface=127.0.0.1"
+        ) from None
+
+
+def parse_config(document: dict[str, Any]) -> Config:
+    """
+    Validate a parsed TOML document and build a L{Config}, filling in the
+    defaults for missing keys.
+
+    @raise ConfigError: for an unknown key, a wrong type or a bad value.
+    """
+    document = dict(document)
+    config = Config(
+        http=_parse_http(_section(document, "http")),
+        redis=_parse_redis(_section(document, "redis")),
+        watch=_parse_watch(_section(document, "watch")),
+        task_id=_parse_task_id(_section(document, "task_id")),
+    )
+    if document:
+        unknown = ", ".join(sorted(document))
+        raise ConfigError(
+            f"unknown section or key {unknown}: the known sections are "
+            "[http], [redis], [watch] and [task_id]"
+        )
+    _check_listen("http.listen", config.http.listen)
+    return config
+
+
+def load_config(
+    path: str | None = None,
+    listen: str | None = None,
+    redis_url: str | None = None,
+) -> Config:
+    """
+    Read the config file at C{path} (built-in defaults when C{None}) and
+    apply the command line overrides.
+
+    @raise ConfigError: when the file is missing, unreadable, not TOML or
+        invalid, or when an override is invalid.
+    """
+    document: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with Path(path).open("rb") as config_file:
+                document = tomllib.load(config_file)
+        except OSError as error:
+            raise ConfigError(
+                f"cannot read config file {path}: {error.strerror}"
+            ) from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(
+                f"config file {path} is not valid TOML: {error}"
+            ) from None
+
+    config = parse_config(document)
+    if listen is not None:
+        _check_listen("--listen", listen)
+        config = replace(config, http=replace(config.http, listen=listen))
+    if redis_url is not None:
+        url = _checked_url("--redis", redis_url)
+        config = replace(config, redis=replace(config.redis, url=url))
+    return config

@@ -1,0 +1,222 @@
+"""
+The HTTP API: C{GET /task/<task id>} in poll and watch mode.
+
+The protocol is described in C{docs/protocol.md}; the Redis side of it in
+L{redis_ajax_push.protocol}.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, cast
+
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from redis_ajax_push.commands import CommandConnection
+from redis_ajax_push.config import Config
+from redis_ajax_push.errors import (
+    INVALID_MODE,
+    INVALID_TASK_ID,
+    METHOD_NOT_ALLOWED,
+    NO_SUCH_PATH,
+    NOT_FOUND,
+    ErrorKind,
+    TaskError,
+)
+from redis_ajax_push.protocol import DONE, TaskKeys, kill_message, parse_task_json
+from redis_ajax_push.subscriber import SubscriberPool
+from redis_ajax_push.task_id import TaskIdValidator
+from redis_ajax_push.watch import Watch
+
+INTERNAL_ERROR = ErrorKind("internal_error", "Internal server error", 500)
+
+_MODES = {b"": "poll", b"poll": "poll", b"watch": "watch"}
+
+HEARTBEAT = b"\n"
+
+
+class TaskResource:
+    """
+    Serves poll and watch requests for tasks.
+    """
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        commands: CommandConnection,
+        pool: SubscriberPool,
+        reactor: IReactorTime,
+    ) -> None:
+        self._commands = commands
+        self._pool = pool
+        self._reactor = reactor
+        self._keys = TaskKeys(config.redis.prefix)
+        self._validator = TaskIdValidator(
+            config.task_id.pattern, config.task_id.max_length
+        )
+        self._heartbeat_interval = config.watch.heartbeat_interval
+        self._legacy_status_codes = config.http.legacy_status_codes
+
+    def resource(self) -> Resource:
+        """
+        Return the Twisted Web resource to serve.
+        """
+        return _UTF8PathGuard(self.app.resource(), self._legacy_status_codes)
+
+    @app.route("/task/", methods=["GET"])
+    def empty_task_id(self, request: Request) -> bytes:
+        return self._error(
+            cast(Request, request), TaskError(INVALID_TASK_ID, "empty"), ""
+        )
+
+    @app.route("/task/<path:task_id>", methods=["GET"])
+    async def task(self, request: Request, task_id: str) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        try:
+            if not self._validator.is_valid(task_id):
+                raise TaskError(INVALID_TASK_ID)
+            _, _, query = request.uri.partition(b"?")
+            mode = _MODES.get(query)
+            if mode is None:
+                raise TaskError(INVALID_MODE)
+            if mode == "watch":
+                return await self._watch(request, task_id)
+            return await self._poll(task_id)
+        except TaskError as error:
+            return self._error(request, error, task_id)
+
+    async def _read_task(self, task_id: str) -> bytes:
+        raw = await self._commands.get(self._keys.data_key(task_id))
+        if raw is None:
+            raise TaskError(NOT_FOUND)
+        parse_task_json(raw)
+        return raw
+
+    async def _poll(self, task_id: str) -> bytes:
+        return await self._read_task(task_id)
+
+    async def _watch(self, request: Request, task_id: str) -> bytes:
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        watch = Watch(task_id, uuid.uuid4().hex)
+        channel = self._keys.channel(task_id)
+        # Subscribe first and read second, so that an update published in
+        # between is in what the read returns.
+        subscription = await self._pool.subscribe(channel, watch)
+        heartbeat: LoopingCall | None = None
+        try:
+            data_key = self._keys.data_key(task_id)
+            raw = await self._commands.get(data_key)
+            if raw is None:
+                raise TaskError(NOT_FOUND)
+            if parse_task_json(raw).get("status") == DONE:
+                return raw
+
+            # A kill that arrived meanwhile came from a newer watch, which
+            # our own kill must not end.
+            if not watch.ended:
+                await self._commands.publish(channel, kill_message(watch.watch_id))
+            heartbeat = self._start_heartbeat(request, task_id)
+
+            outcome = await watch.outcome
+            if isinstance(outcome, TaskError):
+                raise outcome
+            if outcome is not None:
+                return outcome
+            return await self._read_task(task_id)
+        finally:
+            subscription.close()
+            if heartbeat is not None and heartbeat.running:
+                heartbeat.stop()
+
+    def _start_heartbeat(self, request: Request, task_id: str) -> LoopingCall | None:
+        if self._heartbeat_interval <= 0:
+            return None
+        heartbeat = LoopingCall(request.write, HEARTBEAT)
+        heartbeat.clock = self._reactor
+        stopped = heartbeat.start(self._heartbeat_interval, now=False)
+        stopped.addErrback(self._log_heartbeat_failure, task_id)
+        return heartbeat
+
+    def _log_heartbeat_failure(self, failure: Failure, task_id: str) -> None:
+        self.log.failure(
+            "Heartbeat of the watch of task {task_id} failed",
+            failure,
+            task_id=task_id,
+        )
+
+    def _error(self, request: Request, error: TaskError, task_id: str) -> bytes:
+        kind = error.kind
+        # Client errors (4xx) are routine; only failures on our side (5xx) need
+        # an operator.
+        if kind.http_status >= 500:
+            self.log.warn(
+                "Request for task {task_id} failed: {error}",
+                task_id=task_id,
+                error=str(error),
+            )
+        # Once a heartbeat went out the status line is sent, and the body is
+        # the only place left for the error.
+        if not request.startedWriting:
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setResponseCode(
+                200 if self._legacy_status_codes else kind.http_status
+            )
+        return kind.body
+
+    @app.handle_errors(NotFound)
+    def no_such_path(self, request: IRequest, failure: Failure) -> bytes:
+        # The task id route does not match ids with a newline in them.
+        if request.path.startswith(b"/task/"):
+            return self._error(cast(Request, request), TaskError(INVALID_TASK_ID), "")
+        return self._error(cast(Request, request), TaskError(NO_SUCH_PATH), "")
+
+    @app.handle_errors(MethodNotAllowed)
+    def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
+        request.setHeader(b"Allow", b"GET, HEAD")
+        return self._error(cast(Request, request), TaskError(METHOD_NOT_ALLOWED), "")
+
+    @app.handle_errors(Exception)
+    def internal_error(self, request: IRequest, failure: Failure) -> bytes:
+        self.log.failure("Unexpected error serving {path}", failure, path=request.path)
+        return self._error(cast(Request, request), TaskError(INTERNAL_ERROR), "")
+
+
+class _UTF8PathGuard(Resource):
+    """
+    Answers requests whose decoded path is not UTF-8 with the error JSON.
+
+    Klein answers them itself, with a plain text body and a logged
+    traceback, before any route or error handler of ours runs.
+    """
+
+    isLeaf = True
+
+    def __init__(self, wrapped: Resource, legacy_status_codes: bool) -> None:
+        super().__init__()
+        self._wrapped = wrapped
+        self._legacy_status_codes = legacy_status_codes
+
+    def render(self, request: Request) -> Any:
+        try:
+            b"/".join(request.postpath or []).decode("utf-8")
+        except UnicodeDecodeError:
+            on_task = request.path.startswith(b"/task/")
+            kind = INVALID_TASK_ID if on_task else NO_SUCH_PATH
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setResponseCode(
+                200 if self._legacy_status_codes else kind.http_status
+            )
+            return kind.body
+        return self._wrapped.render(request)

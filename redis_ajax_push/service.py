@@ -1,0 +1,112 @@
+"""
+The service tree of one daemon: Redis connections and the HTTP listener.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from redis_ajax_push.commands import CommandConnection
+from redis_ajax_push.config import Config
+from redis_ajax_push.resource import TaskResource
+from redis_ajax_push.subscriber import SubscriberPool
+
+
+class RedisService(Service):
+    """
+    Owns the command connection and the subscriber pool: connects on start,
+    closes every connection on stop.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        redis = config.redis
+        self.url = redis.url
+        self.commands = CommandConnection(redis.url, redis.command_timeout, reactor)
+        self.pool = SubscriberPool(
+            redis.url,
+            redis.channels_per_connection,
+            redis.subscriber_idle_timeout,
+            redis.command_timeout,
+            reactor,
+        )
+
+    def startService(self) -> None:
+        super().startService()
+        self.log.info("Connecting to Redis at {url}", url=str(self.url))
+        self.commands.start()
+
+    def stopService(self) -> defer.Deferred[Any]:
+        super().stopService()
+        return defer.gatherResults([self.commands.stop(), self.pool.close()])
+
+
+class HTTPService(Service):
+    """
+    Listens on a Twisted server endpoint string. L{listening} fires with the
+    L{IListeningPort} once the port is open.
+    """
+
+    log = Logger()
+
+    def __init__(self, description: str, site: Site, reactor: Any) -> None:
+        self._endpoint = serverFromString(reactor, description)
+        self._description = description
+        self._site = site
+        self._port: IListeningPort | None = None
+        self.listening: defer.Deferred[IListeningPort] = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        listening = self._endpoint.listen(self._site)
+        listening.addCallbacks(self._listened, self._listen_failed)
+
+    def _listened(self, port: IListeningPort) -> None:
+        self._port = port
+        address = port.getHost()
+        self.log.info(
+            "Serving HTTP on {host}:{port}",
+            host=getattr(address, "host", "?"),
+            port=getattr(address, "port", "?"),
+        )
+        self.listening.callback(port)
+
+    def _listen_failed(self, failure: Any) -> None:
+        self.log.error(
+            "Cannot listen on {endpoint}: {error}",
+            endpoint=self._description,
+            error=failure.getErrorMessage(),
+        )
+        self.listening.errback(failure)
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        if self._port is None:
+            return None
+        port, self._port = self._port, None
+        return port.stopListening()
+
+
+class RapsService(MultiService):
+    """
+    One raps daemon: its Redis connections and its HTTP listener.
+    """
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.redis = RedisService(config, reactor)
+        self.redis.setServiceParent(self)
+        self.tasks = TaskResource(config, self.redis.commands, self.redis.pool, reactor)
+        self.http = HTTPService(
+            config.http.listen, Site(self.tasks.resource()), reactor
+        )
+        self.http.setServiceParent(self)

@@ -1,0 +1,104 @@
+"""
+Fixtures shared by the suite: one real redis-server per session on a free
+loopback port, a synchronous client for setting up and inspecting it, and
+in-process daemons listening on port 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+import redis
+from twisted.internet import reactor
+
+from redis_ajax_push.config import Config, load_config
+from redis_ajax_push.service import RapsService
+from redis_ajax_push.testing import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """
+    A redis-server for the whole session, on 127.0.0.1 and a free port.
+    """
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """
+    A redis-py client on an emptied database; the server is started again if
+    an earlier test stopped it.
+    """
+    if not redis_server.running:
+        redis_server.start()
+    client = redis.Redis(host=redis_server.host, port=redis_server.port)
+    client.flushall()
+    yield client
+    client.close()
+
+
+class Daemon:
+    """
+    An in-process raps daemon and the base URL it serves on.
+    """
+
+    def __init__(self, service: RapsService, base_url: str) -> None:
+        self.service = service
+        self.base_url = base_url
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+
+def make_config(redis_server: RedisServer, **sections: dict[str, Any]) -> Config:
+    """
+    Build a daemon config for tests: loopback port 0, the session's Redis,
+    and the given section fields replaced.
+    """
+    config = load_config(
+        listen="tcp:0:interface=127.0.0.1", redis_url=redis_server.url
+    )
+    for name, fields in sections.items():
+        section = dataclasses.replace(getattr(config, name), **fields)
+        config = dataclasses.replace(config, **{name: section})
+    return config
+
+
+@pytest.fixture
+def start_daemon(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> Iterator[Any]:
+    """
+    A function that starts an in-process daemon with config overrides, as
+    in C{await start_daemon(watch={"heartbeat_interval": 0.1})}. Every
+    daemon started is stopped after the test.
+    """
+    started: list[RapsService] = []
+
+    async def start(**sections: dict[str, Any]) -> Daemon:
+        service = RapsService(make_config(redis_server, **sections), reactor)
+        service.startService()
+        started.append(service)
+        port = await service.http.listening
+        return Daemon(service, f"http://127.0.0.1:{port.getHost().port}")
+
+    yield start
+
+    for service in reversed(started):
+        pytest_twisted.blockon(service.stopService())
+
+
+@pytest_twisted.async_yield_fixture
+async def daemon(start_daemon: Any) -> AsyncIterator[Daemon]:
+    """
+    One in-process daemon with the default config.
+    """
+    yield await start_daemon()
