@@ -39,7 +39,9 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     """
     if not redis_server.running:
         redis_server.start()
-    client = redis.Redis(host=redis_server.host, port=redis_server.port)
+    client = redis.Redis(
+        host=redis_server.host, port=redis_server.port, client_name="raps-tests"
+    )
     client.flushall()
     yield client
     client.close()
