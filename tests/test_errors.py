@@ -85,7 +85,9 @@ async def test_empty_or_undecodable_id(daemon, path):
     assert body["error"] == "invalid_task_id"
 
 
-@pytest.mark.parametrize("query", ["?bogus", "?watch=1", "?poll&watch", "?WATCH", "?stream"])
+@pytest.mark.parametrize(
+    "query", ["?bogus", "?watch=1", "?poll&watch", "?WATCH", "?stream"]
+)
 @pytest_twisted.ensureDeferred
 async def test_invalid_mode_rejected(daemon, redis_client, query):
     """

@@ -6,10 +6,13 @@ answers.
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import pytest_twisted
 import treq
+from twisted.internet import reactor
+from twisted.internet.task import LoopingCall
 
 from tests.support import ChannelSpy, sleep, wait_until
 
@@ -343,3 +346,36 @@ async def test_client_hangup_unsubscribes(daemon, redis_client, spy):
         what="the daemon to unsubscribe",
     )
     assert daemon.service.redis.pool.channel_count == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_hangup_stops_heartbeat(start_daemon, redis_client, spy):
+    """
+    When the client closes a watch after heartbeats started, its heartbeat
+    timer is stopped and the channel unsubscribed.
+    """
+    daemon = await start_daemon(watch={"heartbeat_interval": 0.05})
+    redis_client.set("RA_D_t13", RUNNING)
+    channel_spy = spy("t13")
+    port = int(daemon.base_url.rsplit(":", 1)[1])
+    client = socket.create_connection(("127.0.0.1", port))
+    client.sendall(b"GET /task/t13?watch HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    await channel_spy.wait_for_kills(1)
+    await sleep(0.1)
+    assert heartbeat_timers() != []
+
+    client.close()
+    await wait_until(
+        lambda: daemon.service.redis.pool.channel_count == 0,
+        what="the watch to end",
+    )
+    assert heartbeat_timers() == []
+
+
+def heartbeat_timers():
+    """
+    Return the scheduled calls of running LoopingCalls.
+    """
+    return [
+        call for call in reactor.getDelayedCalls() if isinstance(call.func, LoopingCall)
+    ]
