@@ -13,8 +13,10 @@ STAMP := $(VENV)/.installed
 
 help:
 	@echo "make venv        create $(VENV) and install raps editable with its test extras"
-	@echo "make run         start Redis if none answers, then run the daemon (CONFIG=$(CONFIG))"
+	@echo "make run         start a private Redis if none replies, then run the daemon (CONFIG=$(CONFIG))"
 	@echo "make test        ruff, mypy and pytest; installs redis-server when missing"
+	@echo "make lint        ruff check and ruff format --check only"
+	@echo "make typecheck   mypy only"
 	@echo "make stop-redis  stop the private redis-server that make run started"
 	@echo "make clean       remove $(VENV), build output and caches (keeps .redis/)"
 
