@@ -7,6 +7,7 @@ sentence that names the key and the fix, never a traceback.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -83,7 +84,11 @@ def _take(
         return default
     value = table.pop(key)
     _check_type(f"{section}.{key}", value, kind)
-    return float(value) if kind == (int, float) else value
+    if kind == (int, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{section}.{key}: must be a finite number, not {value}")
+        return float(value)
+    return value
 
 
 def _reject_unknown(table: dict[str, Any], section: str) -> None:
@@ -169,7 +174,8 @@ def _parse_task_id(table: dict[str, Any]) -> TaskIdConfig:
     _reject_unknown(table, "task_id")
     try:
         re.compile(pattern, re.ASCII)
-    except re.error as error:
+    # ValueError: an inline (?u) flag contradicts re.ASCII.
+    except (re.error, ValueError) as error:
         raise ConfigError(
             f"task_id.pattern: {pattern!r} is not a valid regular expression ({error})"
         ) from None
@@ -197,7 +203,9 @@ def _check_listen(key: str, description: str) -> None:
 
     try:
         endpoints.serverFromString(_NoReactor(), description)
-    except (ValueError, KeyError, TypeError, OSError) as error:
+    # Endpoint parsers are plugins and raise what they like: ValueError for a
+    # bad port, OSError for a missing file, OpenSSL errors for a bad key.
+    except Exception as error:
         raise ConfigError(
             f"{key}: {description!r} is not a valid Twisted server endpoint "
             f"string ({error}); example: tcp:8888:interface=127.0.0.1"
@@ -249,6 +257,8 @@ def load_config(
             raise ConfigError(
                 f"cannot read config file {path}: {error.strerror}"
             ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(
                 f"config file {path} is not valid TOML: {error}"

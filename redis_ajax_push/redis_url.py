@@ -5,7 +5,7 @@ and C{unix://[[user]:password@]/path/to/socket[?db=N]}.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 
@@ -26,7 +26,7 @@ class RedisURL:
     path: str | None = None
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
         # Credentials are left out: this text goes into logs.
@@ -37,7 +37,8 @@ class RedisURL:
 
 
 def _parse_db(text: str) -> int:
-    if not text.isdigit():
+    # isdigit() alone accepts digits of other scripts, such as "٣".
+    if not (text.isascii() and text.isdigit()):
         raise RedisURLError(f"database number {text!r} is not a non-negative integer")
     return int(text)
 
@@ -74,10 +75,19 @@ def parse_redis_url(text: str) -> RedisURL:
         )
     if not parts.hostname:
         raise RedisURLError(f"{text!r} has no host, as in redis://127.0.0.1:6379/0")
+    if parts.query:
+        raise RedisURLError(
+            f"{text!r} has a query string; put the database number in the path, "
+            "as in redis://127.0.0.1:6379/2"
+        )
+    invalid_port = RedisURLError(f"{text!r} has an invalid port; use 1 to 65535")
     try:
-        port = parts.port or 6379
+        port = 6379 if parts.port is None else parts.port
     except ValueError:
-        raise RedisURLError(f"{text!r} has an invalid port") from None
+        raise invalid_port from None
+    if not 1 <= port <= 65535:
+        raise invalid_port
+
     db_text = parts.path.lstrip("/")
     return RedisURL(
         host=parts.hostname,

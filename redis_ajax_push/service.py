@@ -11,6 +11,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from redis_ajax_push.commands import CommandConnection
@@ -53,6 +54,9 @@ class HTTPService(Service):
     """
     Listens on a Twisted server endpoint string. L{listening} fires with the
     L{IListeningPort} once the port is open.
+
+    It listens in L{privilegedStartService}, so that a port below 1024 can
+    be bound before twistd drops privileges.
     """
 
     log = Logger()
@@ -62,12 +66,33 @@ class HTTPService(Service):
         self._description = description
         self._site = site
         self._port: IListeningPort | None = None
+        self._started_listening = False
         self.listening: defer.Deferred[IListeningPort] = defer.Deferred()
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
 
     def startService(self) -> None:
         super().startService()
+        self._listen()
+
+    def _listen(self) -> None:
+        if self._started_listening:
+            return
+        self._started_listening = True
+        failures: list[Failure] = []
         listening = self._endpoint.listen(self._site)
-        listening.addCallbacks(self._listened, self._listen_failed)
+        listening.addCallbacks(self._listened, failures.append)
+        if failures:
+            # TCP, UNIX and SSL endpoints fail at once, while twistd is
+            # still starting: stop it with one line instead of serving
+            # nothing.
+            raise SystemExit(
+                f"raps: cannot listen on {self._description}: "
+                f"{failures[0].getErrorMessage()}"
+            )
+        listening.addErrback(self._listen_failed)
 
     def _listened(self, port: IListeningPort) -> None:
         self._port = port
@@ -79,7 +104,7 @@ class HTTPService(Service):
         )
         self.listening.callback(port)
 
-    def _listen_failed(self, failure: Any) -> None:
+    def _listen_failed(self, failure: Failure) -> None:
         self.log.error(
             "Cannot listen on {endpoint}: {error}",
             endpoint=self._description,

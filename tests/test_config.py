@@ -282,6 +282,24 @@ INVALID_FILES = [
         "redis.subscriber_idle_timeout",
         id="negative-idle-timeout",
     ),
+    pytest.param(
+        "[redis]\ncommand_timeout = nan\n", "redis.command_timeout", id="nan-timeout"
+    ),
+    pytest.param(
+        "[watch]\nheartbeat_interval = inf\n",
+        "watch.heartbeat_interval",
+        id="infinite-heartbeat",
+    ),
+    pytest.param(
+        "[task_id]\npattern = '(?u)\\\\w+'\n",
+        "task_id.pattern",
+        id="regex-unicode-flag",
+    ),
+    pytest.param(
+        "[http]\nlisten = 'ssl:8443:privateKey=/etc/hostname'\n",
+        "http.listen",
+        id="ssl-bad-key",
+    ),
     pytest.param("[redis]\nprefix = ''\n", "redis.prefix", id="empty-prefix"),
     pytest.param("[redis]\nprefix = 'RA _'\n", "redis.prefix", id="space-in-prefix"),
 ]
@@ -308,6 +326,21 @@ def test_unknown_keys_all_named(tmp_path):
     assert "http.listne" in message
     assert "http.port" in message
     assert "\n" not in message
+
+
+def test_non_utf8_file_names_path(tmp_path):
+    """
+    A config file that is not UTF-8 text raises ConfigError naming the
+    path, not a UnicodeDecodeError.
+    """
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b"\xff\xfe[http]\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+
+    assert str(path) in str(caught.value)
+    assert "UTF-8" in str(caught.value)
 
 
 def test_missing_file_names_path(tmp_path):

@@ -123,6 +123,9 @@ def test_parse_unix_credentials():
         pytest.param("redis://127.0.0.1:6380/abc", "'abc'", id="word-db"),
         pytest.param("redis://127.0.0.1:6380/-1", "'-1'", id="negative-db"),
         pytest.param("redis://127.0.0.1:6380/0/1", "'0/1'", id="nested-db-path"),
+        pytest.param("redis://127.0.0.1:0/0", "invalid port", id="port-zero"),
+        pytest.param("redis://127.0.0.1:6380/\u0663", "'\u0663'", id="arabic-db"),
+        pytest.param("redis://127.0.0.1:6380/0?db=5", "query string", id="query"),
         pytest.param("unix://", "no socket path", id="unix-no-path"),
         pytest.param("unix:///run/redis.sock?db=x", "'x'", id="unix-word-db"),
     ],
@@ -190,3 +193,13 @@ def test_str_is_canonical_url(text, expected):
 
     assert str(url) == expected
     assert parse_redis_url(str(url)) == url
+
+
+def test_repr_omits_password():
+    """
+    repr() of a parsed URL, as shown in tracebacks and {url!r} log fields,
+    does not contain the password.
+    """
+    url = parse_redis_url("redis://app:s3cret@127.0.0.1:6380/0")
+
+    assert "s3cret" not in repr(url)

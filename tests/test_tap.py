@@ -266,6 +266,27 @@ def test_twistd_bad_config_one_line(tmp_path, config, name):
     assert "Traceback" not in result.stdout
 
 
+def test_twistd_listen_failure_exits(tmp_path):
+    """
+    When the HTTP port cannot be opened, twistd raps exits non-zero with one
+    error line naming the endpoint, instead of running without a listener.
+    """
+    result = run_twistd(
+        tmp_path,
+        "-n",
+        "--pidfile=",
+        "raps",
+        "--listen",
+        "tcp:99999:interface=127.0.0.1",
+    )
+    errors = [line for line in result.stdout.splitlines() if "raps: " in line]
+
+    assert result.returncode != 0
+    assert len(errors) == 1
+    assert "cannot listen on tcp:99999" in errors[0]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 def fetch_when_ready(url, process, log_path):
     """
     GET C{url} once the daemon accepts connections and return the status and
