@@ -65,9 +65,7 @@ def make_config(redis_server: RedisServer, **sections: dict[str, Any]) -> Config
     Build a daemon config for tests: loopback port 0, the session's Redis,
     and the given section fields replaced.
     """
-    config = load_config(
-        listen="tcp:0:interface=127.0.0.1", redis_url=redis_server.url
-    )
+    config = load_config(listen="tcp:0:interface=127.0.0.1", redis_url=redis_server.url)
     for name, fields in sections.items():
         section = dataclasses.replace(getattr(config, name), **fields)
         config = dataclasses.replace(config, **{name: section})
@@ -75,9 +73,7 @@ def make_config(redis_server: RedisServer, **sections: dict[str, Any]) -> Config
 
 
 @pytest.fixture
-def start_daemon(
-    redis_server: RedisServer, redis_client: redis.Redis
-) -> Iterator[Any]:
+def start_daemon(redis_server: RedisServer, redis_client: redis.Redis) -> Iterator[Any]:
     """
     A function that starts an in-process daemon with config overrides, as
     in C{await start_daemon(watch={"heartbeat_interval": 0.1})}. Every

@@ -39,9 +39,7 @@ async def test_channels_spread_over_connections(start_daemon, redis_client):
     pending = []
     for number in range(5):
         redis_client.set(f"RA_D_s{number}", RUNNING)
-        pending.append(
-            treq.get(daemon.url(f"/task/s{number}?watch"), persistent=False)
-        )
+        pending.append(treq.get(daemon.url(f"/task/s{number}?watch"), persistent=False))
     await wait_until(lambda: subscribed_channels(redis_client) == 5)
 
     pool = daemon.service.redis.pool
