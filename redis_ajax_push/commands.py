@@ -22,6 +22,14 @@ T = TypeVar("T")
 # tries again.
 CONNECT_TIMEOUT = 5
 
+# The longest wait between two reconnection attempts, in seconds. txredisapi
+# starts at 1 s and multiplies the delay by e after each failure.
+RECONNECT_MAX_DELAY = 5
+
+# Error replies that mean "not now" rather than "never": Redis is loading its
+# dataset, a replica lost its master, or a script blocks the server.
+TRANSIENT_ERRORS = ("LOADING", "MASTERDOWN", "TRYAGAIN", "BUSY", "CLUSTERDOWN")
+
 
 def redis_endpoint(reactor: Any, url: RedisURL) -> IStreamClientEndpoint:
     """
@@ -46,7 +54,7 @@ def redis_factory(
     and C{convertNumbers=False} stops a stored C{"42"} from coming back as
     the integer 42.
     """
-    return factory_class(
+    factory = factory_class(
         str(url),
         url.db if select_db and url.db else None,
         1,
@@ -56,6 +64,8 @@ def redis_factory(
         convertNumbers=False,
         username=url.username,
     )
+    factory.maxDelay = RECONNECT_MAX_DELAY
+    return factory
 
 
 class CommandConnection:
@@ -138,6 +148,13 @@ class CommandConnection:
                 target=target,
                 error=str(error),
             )
+            if str(error).startswith(TRANSIENT_ERRORS):
+                raise TaskError(REDIS_UNAVAILABLE, str(error)) from None
             raise TaskError(REDIS_ERROR, str(error)) from None
-        except (txredisapi.ConnectionError, defer.TimeoutError) as error:
-            raise TaskError(REDIS_UNAVAILABLE, f"{name}: {error}") from None
+        except txredisapi.ConnectionError as error:
+            raise TaskError(REDIS_UNAVAILABLE, f"{name} {target}: {error}") from None
+        except defer.TimeoutError:
+            raise TaskError(
+                REDIS_UNAVAILABLE,
+                f"{name} {target}: no answer within {self._timeout} s",
+            ) from None

@@ -44,6 +44,16 @@ class RedisConfig:
 @dataclass(frozen=True)
 class WatchConfig:
     heartbeat_interval: float = 10.0
+    resubscribe_timeout: float = 10.0
+    shutdown_grace: float = 5.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_watches: int = 10000
+    max_watches_per_client: int = 0
+    watch_timeout: float = 0.0
+    max_message_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     task_id: TaskIdConfig = field(default_factory=TaskIdConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 def _check_type(key: str, value: Any, kind: type | tuple[type, ...]) -> None:
@@ -158,13 +169,63 @@ def _parse_redis(table: dict[str, Any]) -> RedisConfig:
 
 def _parse_watch(table: dict[str, Any]) -> WatchConfig:
     default = WatchConfig()
+    number = (int, float)
     interval = _take(
-        table, "watch", "heartbeat_interval", (int, float), default.heartbeat_interval
+        table, "watch", "heartbeat_interval", number, default.heartbeat_interval
+    )
+    resubscribe_timeout = _take(
+        table, "watch", "resubscribe_timeout", number, default.resubscribe_timeout
+    )
+    shutdown_grace = _take(
+        table, "watch", "shutdown_grace", number, default.shutdown_grace
     )
     _reject_unknown(table, "watch")
     if interval < 0:
         raise ConfigError("watch.heartbeat_interval: must be 0 (off) or more seconds")
-    return WatchConfig(heartbeat_interval=interval)
+    if resubscribe_timeout <= 0:
+        raise ConfigError("watch.resubscribe_timeout: must be more than 0 seconds")
+    if shutdown_grace < 0:
+        raise ConfigError("watch.shutdown_grace: must be 0 or more seconds")
+    return WatchConfig(
+        heartbeat_interval=interval,
+        resubscribe_timeout=resubscribe_timeout,
+        shutdown_grace=shutdown_grace,
+    )
+
+
+def _parse_limits(table: dict[str, Any]) -> LimitsConfig:
+    default = LimitsConfig()
+    max_watches = _take(table, "limits", "max_watches", int, default.max_watches)
+    per_client = _take(
+        table,
+        "limits",
+        "max_watches_per_client",
+        int,
+        default.max_watches_per_client,
+    )
+    watch_timeout = _take(
+        table, "limits", "watch_timeout", (int, float), default.watch_timeout
+    )
+    max_message_bytes = _take(
+        table, "limits", "max_message_bytes", int, default.max_message_bytes
+    )
+    _reject_unknown(table, "limits")
+    if max_watches < 0:
+        raise ConfigError("limits.max_watches: must be 0 (no limit) or more")
+    if per_client < 0:
+        raise ConfigError("limits.max_watches_per_client: must be 0 (no limit) or more")
+    if watch_timeout < 0:
+        raise ConfigError(
+            "limits.watch_timeout: must be 0 (wait forever) or more seconds"
+        )
+    if max_message_bytes < 1:
+        raise ConfigError("limits.max_message_bytes: must be 1 or more")
+    return LimitsConfig(
+        max_watches=max_watches,
+        max_watches_per_client=per_client,
+        watch_timeout=watch_timeout,
+        max_message_bytes=max_message_bytes,
+    )
 
 
 def _parse_task_id(table: dict[str, Any]) -> TaskIdConfig:
@@ -225,12 +286,13 @@ def parse_config(document: dict[str, Any]) -> Config:
         redis=_parse_redis(_section(document, "redis")),
         watch=_parse_watch(_section(document, "watch")),
         task_id=_parse_task_id(_section(document, "task_id")),
+        limits=_parse_limits(_section(document, "limits")),
     )
     if document:
         unknown = ", ".join(sorted(document))
         raise ConfigError(
             f"unknown section or key {unknown}: the known sections are "
-            "[http], [redis], [watch] and [task_id]"
+            "[http], [redis], [watch], [task_id] and [limits]"
         )
     _check_listen("http.listen", config.http.listen)
     return config

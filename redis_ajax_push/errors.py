@@ -43,6 +43,14 @@ INVALID_TASK_DATA = ErrorKind(
     "invalid_task_data", "Task data is not a JSON object", 502
 )
 REDIS_UNAVAILABLE = ErrorKind("redis_unavailable", "Redis unavailable", 503)
+TASK_DATA_TOO_LARGE = ErrorKind(
+    "task_data_too_large", "Task data is larger than max_message_bytes", 502
+)
+BUSY = ErrorKind("busy", "Too many open watches, try again later", 503)
+TOO_MANY_WATCHES = ErrorKind(
+    "too_many_watches", "Too many open watches from this client", 429
+)
+SHUTTING_DOWN = ErrorKind("shutting_down", "The server is shutting down", 503)
 METHOD_NOT_ALLOWED = ErrorKind("method_not_allowed", "Method not allowed", 405)
 NO_SUCH_PATH = ErrorKind("not_found", "Not Found", 404)
 

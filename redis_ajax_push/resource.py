@@ -19,6 +19,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from redis_ajax_push.commands import CommandConnection
 from redis_ajax_push.config import Config
@@ -28,13 +29,15 @@ from redis_ajax_push.errors import (
     METHOD_NOT_ALLOWED,
     NO_SUCH_PATH,
     NOT_FOUND,
+    TASK_DATA_TOO_LARGE,
     ErrorKind,
     TaskError,
 )
 from redis_ajax_push.protocol import DONE, TaskKeys, kill_message, parse_task_json
-from redis_ajax_push.subscriber import SubscriberPool
+from redis_ajax_push.registry import WatchRegistry
+from redis_ajax_push.subscriber import SubscriberPool, Subscription
 from redis_ajax_push.task_id import TaskIdValidator
-from redis_ajax_push.watch import Watch
+from redis_ajax_push.watch import RECHECK, Watch
 
 INTERNAL_ERROR = ErrorKind("internal_error", "Internal server error", 500)
 
@@ -66,7 +69,12 @@ class TaskResource:
             config.task_id.pattern, config.task_id.max_length
         )
         self._heartbeat_interval = config.watch.heartbeat_interval
+        self._resubscribe_timeout = config.watch.resubscribe_timeout
         self._legacy_status_codes = config.http.legacy_status_codes
+        self._limits = config.limits
+        self.watches = WatchRegistry(
+            config.limits.max_watches, config.limits.max_watches_per_client
+        )
 
     def resource(self) -> Resource:
         """
@@ -93,34 +101,44 @@ class TaskResource:
                 raise TaskError(INVALID_MODE)
             if mode == "watch":
                 return await self._watch(request, task_id)
-            return await self._poll(task_id)
+            raw, _ = await self._read_task(task_id)
+            return raw
         except TaskError as error:
             return self._error(request, error, task_id)
 
-    async def _read_task(self, task_id: str) -> bytes:
+    async def _read_task(self, task_id: str) -> tuple[bytes, dict[str, Any]]:
+        """
+        Read a task's data key and return its bytes and decoded JSON.
+
+        @raise TaskError: when the key is missing, too large or not a JSON
+            object, or when Redis fails.
+        """
         raw = await self._commands.get(self._keys.data_key(task_id))
         if raw is None:
             raise TaskError(NOT_FOUND)
-        parse_task_json(raw)
-        return raw
-
-    async def _poll(self, task_id: str) -> bytes:
-        return await self._read_task(task_id)
+        if len(raw) > self._limits.max_message_bytes:
+            raise TaskError(TASK_DATA_TOO_LARGE, f"data key of {len(raw)} bytes")
+        return raw, parse_task_json(raw)
 
     async def _watch(self, request: Request, task_id: str) -> bytes:
         request.setHeader(b"X-Accel-Buffering", b"no")
-        watch = Watch(task_id, uuid.uuid4().hex)
-        channel = self._keys.channel(task_id)
-        # Subscribe first and read second, so that an update published in
-        # between is in what the read returns.
-        subscription = await self._pool.subscribe(channel, watch)
+        watch = Watch(
+            task_id,
+            uuid.uuid4().hex,
+            self._reactor,
+            self._limits.max_message_bytes,
+            self._resubscribe_timeout,
+        )
+        self.watches.add(watch, request.getClientAddress().host or "")
+        subscription: Subscription | None = None
         heartbeat: LoopingCall | None = None
         try:
-            data_key = self._keys.data_key(task_id)
-            raw = await self._commands.get(data_key)
-            if raw is None:
-                raise TaskError(NOT_FOUND)
-            if parse_task_json(raw).get("status") == DONE:
+            channel = self._keys.channel(task_id)
+            # Subscribe first and read second, so that an update published
+            # in between is in what the read returns.
+            subscription = await self._pool.subscribe(channel, watch)
+            raw, document = await self._read_task(task_id)
+            if document.get("status") == DONE:
                 return raw
 
             # A kill that arrived meanwhile came from a newer watch, which
@@ -128,17 +146,36 @@ class TaskResource:
             if not watch.ended:
                 await self._commands.publish(channel, kill_message(watch.watch_id))
             heartbeat = self._start_heartbeat(request, task_id)
-
-            outcome = await watch.outcome
-            if isinstance(outcome, TaskError):
-                raise outcome
-            if outcome is not None:
-                return outcome
-            return await self._read_task(task_id)
+            if self._limits.watch_timeout > 0:
+                watch.start_timeout(self._limits.watch_timeout)
+            return await self._wait(watch, raw)
         finally:
-            subscription.close()
+            watch.close()
+            self.watches.remove(watch)
+            if subscription is not None:
+                subscription.close()
             if heartbeat is not None and heartbeat.running:
                 heartbeat.stop()
+
+    async def _wait(self, watch: Watch, first_read: bytes) -> bytes:
+        """
+        Wait for the event that ends C{watch} and return the answer.
+        """
+        while True:
+            event = await watch.wait()
+            if event is RECHECK:
+                # Messages published while the subscription was down are
+                # lost; a changed data key is the trace they left.
+                raw, document = await self._read_task(watch.task_id)
+                if raw != first_read or document.get("status") == DONE:
+                    return raw
+                continue
+            if isinstance(event, TaskError):
+                raise event
+            if isinstance(event, bytes):
+                return event
+            raw, _ = await self._read_task(watch.task_id)
+            return raw
 
     def _start_heartbeat(self, request: Request, task_id: str) -> LoopingCall | None:
         if self._heartbeat_interval <= 0:
@@ -170,15 +207,18 @@ class TaskResource:
         # the only place left for the error.
         if not request.startedWriting:
             request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(b"Cache-Control", b"no-store")
             request.setResponseCode(
                 200 if self._legacy_status_codes else kind.http_status
             )
         return kind.body
 
-    @app.handle_errors(NotFound)
+    @app.handle_errors(NotFound, RequestRedirect)
     def no_such_path(self, request: IRequest, failure: Failure) -> bytes:
-        # The task id route does not match ids with a newline in them.
-        if request.path.startswith(b"/task/"):
+        # The task id route does not match ids with a newline in them, and
+        # werkzeug answers "/task" and "/task//id" with a redirect, which an
+        # API client has no use for.
+        if request.path.startswith(b"/task"):
             return self._error(cast(Request, request), TaskError(INVALID_TASK_ID), "")
         return self._error(cast(Request, request), TaskError(NO_SUCH_PATH), "")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -123,11 +123,18 @@ class HTTPService(Service):
 class RapsService(MultiService):
     """
     One raps daemon: its Redis connections and its HTTP listener.
+
+    Stopping it stops listening first, then ends the open watches with the
+    C{shutting_down} error, waiting at most C{shutdown_grace} seconds for
+    their answers, and closes the Redis connections last.
     """
+
+    log = Logger()
 
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
         self.config = config
+        self._reactor = reactor
         self.redis = RedisService(config, reactor)
         self.redis.setServiceParent(self)
         self.tasks = TaskResource(config, self.redis.commands, self.redis.pool, reactor)
@@ -135,3 +142,22 @@ class RapsService(MultiService):
             config.http.listen, Site(self.tasks.resource()), reactor
         )
         self.http.setServiceParent(self)
+
+    def stopService(self) -> defer.Deferred[None]:
+        Service.stopService(self)
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        await defer.maybeDeferred(self.http.stopService)
+        open_watches = len(self.tasks.watches)
+        self.log.info("Stopping: ending {count} open watches", count=open_watches)
+        await self.tasks.watches.end_all(
+            self._reactor, self.config.watch.shutdown_grace
+        )
+        if open_watches:
+            # NOTE: the answers are in the transports' write buffers; this
+            # gives the reactor a moment to send them before twistd drops
+            # every connection. Slow clients may still miss theirs.
+            await task.deferLater(self._reactor, 0.1, lambda: None)
+        await self.redis.stopService()
+        self.log.info("Stopped")

@@ -34,8 +34,14 @@ class Listener(Protocol):
 
     def subscription_lost(self) -> None:
         """
-        Handle the loss of the connection that carried the channel; no more
-        messages will arrive for this subscription.
+        Handle the loss of the connection that carried the channel. The pool
+        subscribes again once the connection is back, but messages published
+        in between are lost.
+        """
+
+    def subscription_restored(self) -> None:
+        """
+        Handle a new confirmation of the channel after L{subscription_lost}.
         """
 
 
@@ -81,6 +87,8 @@ class Channel:
         # dropped: every listener reads the data key after the confirmation,
         # and that read already includes them.
         self.confirmed = False
+        # Set when a confirmed subscription is lost with its connection.
+        self.lost = False
         self._waiting: list[defer.Deferred[None]] = []
 
     def when_confirmed(self) -> defer.Deferred[None]:
@@ -95,18 +103,31 @@ class Channel:
         waiting, self._waiting = self._waiting, []
         for waiter in waiting:
             waiter.callback(None)
+        if self.lost:
+            self.lost = False
+            for listener in list(self.listeners):
+                listener.subscription_restored()
 
-    def fail(self, error: TaskError) -> None:
+    def fail_waiting(self, error: TaskError) -> None:
         """
-        Fail the pending confirmations and tell every listener that the
-        subscription is gone.
+        Fail the confirmations still awaited.
         """
-        self.confirmed = False
         waiting, self._waiting = self._waiting, []
         for waiter in waiting:
             waiter.errback(error)
-        for listener in list(self.listeners):
-            listener.subscription_lost()
+
+    def connection_lost(self) -> None:
+        """
+        Mark the subscription as gone with its connection and tell the
+        listeners that were confirmed.
+        """
+        if self.confirmed:
+            self.lost = True
+        self.confirmed = False
+        self.fail_waiting(TaskError(REDIS_UNAVAILABLE, "subscriber connection lost"))
+        if self.lost:
+            for listener in list(self.listeners):
+                listener.subscription_lost()
 
 
 class Subscription:
@@ -180,12 +201,15 @@ class SubscriberConnection:
                 channel.confirm()
 
         def failed(failure: Any) -> None:
-            self.log.warn(
-                "SUBSCRIBE {channel} failed: {error}",
-                channel=channel.name,
-                error=failure.getErrorMessage(),
-            )
-            channel.fail(TaskError(REDIS_UNAVAILABLE, "SUBSCRIBE failed"))
+            # A lost connection is logged once, in connection_lost, and the
+            # channel is subscribed again when it is back.
+            if not failure.check(txredisapi.ConnectionError):
+                self.log.warn(
+                    "SUBSCRIBE {channel} failed: {error}",
+                    channel=channel.name,
+                    error=failure.getErrorMessage(),
+                )
+            channel.fail_waiting(TaskError(REDIS_UNAVAILABLE, "SUBSCRIBE failed"))
 
         subscribing = defer.maybeDeferred(protocol.subscribe, channel.name)
         subscribing.addCallbacks(confirmed, failed)
@@ -200,6 +224,11 @@ class SubscriberConnection:
 
     def connection_ready(self, protocol: _SubscriberProtocol) -> None:
         self.protocol = protocol
+        if self.channels:
+            self.log.info(
+                "Subscriber connection ready; subscribing {count} channels",
+                count=len(self.channels),
+            )
         for channel in list(self.channels.values()):
             self._subscribe(protocol, channel)
 
@@ -207,13 +236,13 @@ class SubscriberConnection:
         if self.protocol is None:
             return
         self.protocol = None
-        self.log.warn(
-            "Subscriber connection lost with {count} channels; their watches end",
-            count=len(self.channels),
-        )
-        error = TaskError(REDIS_UNAVAILABLE, "subscriber connection lost")
+        if self.channels:
+            self.log.warn(
+                "Subscriber connection lost with {count} channels; reconnecting",
+                count=len(self.channels),
+            )
         for channel in list(self.channels.values()):
-            channel.fail(error)
+            channel.connection_lost()
 
     def message_received(self, channel_name: bytes, message: bytes) -> None:
         channel = self.channels.get(channel_name)

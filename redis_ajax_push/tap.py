@@ -4,9 +4,10 @@ The C{twistd raps} command: its options and the service tree it runs.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
 from twisted.python import usage
 
 from redis_ajax_push.config import Config, ConfigError, load_config
@@ -51,6 +52,28 @@ class Options(usage.Options):
             raise SystemExit(f"raps: {error}") from None
 
 
+class _CleanExitOnSIGTERM(Service):
+    """
+    Makes SIGTERM stop the reactor like a plain C{reactor.stop()}.
+
+    Twisted's own handler makes twistd kill itself with the signal once the
+    shutdown is over, so the exit status is 143 even after a clean stop;
+    systemd and scripts expect 0.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        # The reactor installs its own handlers when it starts running, after
+        # twistd has started the services.
+        self._reactor.callWhenRunning(signal.signal, signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, number: int, frame: Any) -> None:
+        self._reactor.callFromThread(self._reactor.stop)
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Build the service tree of one daemon from parsed options.
@@ -59,4 +82,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    return RapsService(options.config, reactor)
+    daemon = RapsService(options.config, reactor)
+    _CleanExitOnSIGTERM(reactor).setServiceParent(daemon)
+    return daemon

@@ -52,22 +52,93 @@ async def test_watch_fails_fast_without_redis(start_daemon, redis_server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_killed_subscriber_ends_watch(daemon, redis_client):
+async def test_killed_subscriber_resubscribes(daemon, redis_client):
     """
-    When Redis closes a subscriber connection, the watch on it ends with
-    503 redis_unavailable instead of waiting on a dead connection.
+    When Redis closes a subscriber connection, the daemon reconnects and
+    subscribes the channel again: the open watch still ends on the next
+    update.
     """
     redis_client.set("RA_D_f1", RUNNING)
     pending = treq.get(daemon.url("/task/f1?watch"), persistent=False)
     await wait_until(lambda: redis_client.pubsub_numsub("RA_SC_f1")[0][1] == 1)
 
     killed = redis_client.client_kill_filter(_type="pubsub")
+    assert killed == 1
+    await wait_until(
+        lambda: redis_client.pubsub_numsub("RA_SC_f1")[0][1] == 1,
+        timeout=10,
+        what="the channel to be subscribed again",
+    )
+    redis_client.publish("RA_SC_f1", b'{"status": "done", "data": 2}')
+    response = await pending
+
+    assert response.code == 200
+    assert await response.content() == b'{"status": "done", "data": 2}'
+
+
+@pytest_twisted.ensureDeferred
+async def test_done_while_disconnected_delivered(daemon, redis_client):
+    """
+    A done published while the subscriber connection was down is lost on
+    the channel, but the watch reads the data key again after subscribing
+    anew and returns it.
+    """
+    redis_client.set("RA_D_f2", RUNNING)
+    pending = treq.get(daemon.url("/task/f2?watch"), persistent=False)
+    await wait_until(lambda: redis_client.pubsub_numsub("RA_SC_f2")[0][1] == 1)
+
+    redis_client.client_kill_filter(_type="pubsub")
+    done = b'{"status": "done", "result": "missed message"}'
+    redis_client.set("RA_D_f2", done)
+    redis_client.publish("RA_SC_f2", b'{"status": "done"}')
+    response = await pending
+
+    assert response.code == 200
+    assert await response.content() == done
+
+
+@pytest_twisted.ensureDeferred
+async def test_watch_survives_redis_restart(start_daemon, redis_server, redis_client):
+    """
+    A watch open while Redis restarts is subscribed again and returns the
+    state a worker wrote after the restart.
+    """
+    daemon = await start_daemon(redis={"command_timeout": 0.5})
+    redis_client.set("RA_D_f3", RUNNING)
+    pending = treq.get(daemon.url("/task/f3?watch"), persistent=False)
+    await wait_until(lambda: redis_client.pubsub_numsub("RA_SC_f3")[0][1] == 1)
+
+    redis_server.stop()
+    redis_server.start()
+    done = b'{"status": "done", "after": "restart"}'
+    redis_client.set("RA_D_f3", done)
+    response = await pending
+
+    assert response.code == 200
+    assert await response.content() == done
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_outage_ends_watch(start_daemon, redis_server, redis_client):
+    """
+    When Redis stays down past resubscribe_timeout, the open watch ends
+    with 503 redis_unavailable instead of hanging.
+    """
+    daemon = await start_daemon(
+        redis={"command_timeout": 0.5}, watch={"resubscribe_timeout": 0.5}
+    )
+    redis_client.set("RA_D_f4", RUNNING)
+    pending = treq.get(daemon.url("/task/f4?watch"), persistent=False)
+    await wait_until(lambda: redis_client.pubsub_numsub("RA_SC_f4")[0][1] == 1)
+
+    redis_server.stop()
+    started = time.monotonic()
     response = await pending
     body = json.loads(await response.content())
 
-    assert killed == 1
     assert response.code == 503
     assert body["error"] == "redis_unavailable"
+    assert time.monotonic() - started < 5
 
 
 @pytest_twisted.ensureDeferred

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from redis_ajax_push.config import Config
 from redis_ajax_push.redis_url import parse_redis_url
 from redis_ajax_push.service import HTTPService, RedisService
-from redis_ajax_push.tap import Options, makeService
+from redis_ajax_push.tap import Options, _CleanExitOnSIGTERM, makeService
 from redis_ajax_push.testing import free_port
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
@@ -147,7 +147,8 @@ MEMORY_ARGUMENTS = [
 def test_make_service_children():
     """
     makeService returns a MultiService, not yet running, with the Redis and
-    HTTP services as its children and the options' config.
+    HTTP services as its children, then the SIGTERM handler installer, and
+    the options' config.
     """
     options = parse_options(MEMORY_ARGUMENTS)
 
@@ -156,9 +157,10 @@ def test_make_service_children():
 
     assert isinstance(service, MultiService)
     assert not service.running
-    assert len(children) == 2
+    assert len(children) == 3
     assert isinstance(children[0], RedisService)
     assert isinstance(children[1], HTTPService)
+    assert isinstance(children[2], _CleanExitOnSIGTERM)
     assert service.config is options.config
 
 
@@ -355,11 +357,9 @@ def test_twistd_serves_and_stops(tmp_path, redis_server, redis_client):
             process.kill()
             process.wait(timeout=STOP_TIMEOUT)
 
-    # twistd shuts down cleanly on SIGTERM and then kills itself with the same
-    # signal (twisted.application.app._exitWithSignal), so Popen reports
-    # -SIGTERM, not 0. The log line "Server Shut Down." distinguishes a clean
-    # shutdown from a process killed outright.
+    # Without raps's own SIGTERM handler, twistd would kill itself with the
+    # signal after shutting down and report -SIGTERM.
     log = log_path.read_text(errors="replace")
-    assert exit_status == -signal.SIGTERM
+    assert exit_status == 0
     assert "Server Shut Down." in log
     assert "Traceback" not in log
