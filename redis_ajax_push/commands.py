@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from redis_ajax_push.errors import REDIS_ERROR, REDIS_UNAVAILABLE, TaskError
 from redis_ajax_push.redis_url import RedisURL
+from redis_ajax_push.signing import redact
 
 T = TypeVar("T")
 
@@ -145,16 +146,16 @@ class CommandConnection:
             self.log.warn(
                 "Redis rejected {command} {target}: {error}",
                 command=name,
-                target=target,
+                target=redact(target),
                 error=str(error),
             )
             if str(error).startswith(TRANSIENT_ERRORS):
                 raise TaskError(REDIS_UNAVAILABLE, str(error)) from None
             raise TaskError(REDIS_ERROR, str(error)) from None
         except txredisapi.ConnectionError as error:
-            raise TaskError(REDIS_UNAVAILABLE, f"{name} {target}: {error}") from None
+            raise TaskError(REDIS_UNAVAILABLE, f"{name}: {error}") from None
         except defer.TimeoutError:
             raise TaskError(
                 REDIS_UNAVAILABLE,
-                f"{name} {target}: no answer within {self._timeout} s",
+                f"{name}: no answer within {self._timeout} s",
             ) from None

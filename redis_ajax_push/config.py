@@ -8,6 +8,7 @@ sentence that names the key and the fix, never a traceback.
 from __future__ import annotations
 
 import math
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -63,12 +64,20 @@ class TaskIdConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    # The secrets themselves, never their source; repr=False keeps them out
+    # of logs and tracebacks.
+    task_id_secrets: tuple[bytes, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
 class Config:
     http: HTTPConfig = field(default_factory=HTTPConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     task_id: TaskIdConfig = field(default_factory=TaskIdConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
 
 def _check_type(key: str, value: Any, kind: type | tuple[type, ...]) -> None:
@@ -82,7 +91,13 @@ def _check_type(key: str, value: Any, kind: type | tuple[type, ...]) -> None:
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {bool: "a boolean", int: "an integer", str: "a string", float: "a number"}
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        str: "a string",
+        float: "a number",
+        list: "an array",
+    }
     if isinstance(kind, tuple):
         return "a number"
     return names.get(kind, kind.__name__)
@@ -245,6 +260,53 @@ def _parse_task_id(table: dict[str, Any]) -> TaskIdConfig:
     return TaskIdConfig(pattern=pattern, max_length=max_length)
 
 
+# Shorter secrets are too easy to guess.
+MIN_SECRET_BYTES = 16
+
+
+def _load_secret(key: str, entry: str) -> bytes:
+    """
+    Resolve one secret entry: C{env:NAME} reads an environment variable,
+    C{file:PATH} a file (without its trailing newline), anything else is
+    the secret itself.
+    """
+    if entry.startswith("env:"):
+        name = entry[len("env:") :]
+        if name not in os.environ:
+            raise ConfigError(f"{key}: environment variable {name} is not set")
+        secret = os.environ[name].encode("utf-8")
+        source = f"environment variable {name}"
+    elif entry.startswith("file:"):
+        path = entry[len("file:") :]
+        try:
+            secret = Path(path).read_bytes().rstrip(b"\r\n")
+        except OSError as error:
+            raise ConfigError(
+                f"{key}: cannot read secret file {path}: {error.strerror}"
+            ) from None
+        source = f"file {path}"
+    else:
+        secret = entry.encode("utf-8")
+        source = "an inline secret"
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"{key}: {source} is shorter than {MIN_SECRET_BYTES} bytes; generate "
+            "one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    return secret
+
+
+def _parse_security(table: dict[str, Any]) -> SecurityConfig:
+    entries = _take(table, "security", "task_id_secrets", list, [])
+    _reject_unknown(table, "security")
+    loaded = []
+    for index, entry in enumerate(entries):
+        key = f"security.task_id_secrets[{index}]"
+        _check_type(key, entry, str)
+        loaded.append(_load_secret(key, entry))
+    return SecurityConfig(task_id_secrets=tuple(loaded))
+
+
 def _checked_url(key: str, text: str) -> RedisURL:
     try:
         return parse_redis_url(text)
@@ -287,12 +349,13 @@ def parse_config(document: dict[str, Any]) -> Config:
         watch=_parse_watch(_section(document, "watch")),
         task_id=_parse_task_id(_section(document, "task_id")),
         limits=_parse_limits(_section(document, "limits")),
+        security=_parse_security(_section(document, "security")),
     )
     if document:
         unknown = ", ".join(sorted(document))
         raise ConfigError(
             f"unknown section or key {unknown}: the known sections are "
-            "[http], [redis], [watch], [task_id] and [limits]"
+            "[http], [redis], [watch], [task_id], [limits] and [security]"
         )
     _check_listen("http.listen", config.http.listen)
     return config

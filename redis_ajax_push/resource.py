@@ -35,6 +35,7 @@ from redis_ajax_push.errors import (
 )
 from redis_ajax_push.protocol import DONE, TaskKeys, kill_message, parse_task_json
 from redis_ajax_push.registry import WatchRegistry
+from redis_ajax_push.signing import TaskIdSigner, redact
 from redis_ajax_push.subscriber import SubscriberPool, Subscription
 from redis_ajax_push.task_id import TaskIdValidator
 from redis_ajax_push.watch import RECHECK, Watch
@@ -65,8 +66,11 @@ class TaskResource:
         self._pool = pool
         self._reactor = reactor
         self._keys = TaskKeys(config.redis.prefix)
+        task_id_secrets = config.security.task_id_secrets
         self._validator = TaskIdValidator(
-            config.task_id.pattern, config.task_id.max_length
+            config.task_id.pattern,
+            config.task_id.max_length,
+            TaskIdSigner(task_id_secrets) if task_id_secrets else None,
         )
         self._heartbeat_interval = config.watch.heartbeat_interval
         self._resubscribe_timeout = config.watch.resubscribe_timeout
@@ -93,8 +97,9 @@ class TaskResource:
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
         try:
-            if not self._validator.is_valid(task_id):
-                raise TaskError(INVALID_TASK_ID)
+            rejection = self._validator.check(task_id)
+            if rejection is not None:
+                raise TaskError(rejection)
             _, _, query = request.uri.partition(b"?")
             mode = _MODES.get(query)
             if mode is None:
@@ -190,7 +195,7 @@ class TaskResource:
         self.log.failure(
             "Heartbeat of the watch of task {task_id} failed",
             failure,
-            task_id=task_id,
+            task_id=redact(task_id),
         )
 
     def _error(self, request: Request, error: TaskError, task_id: str) -> bytes:
@@ -200,7 +205,7 @@ class TaskResource:
         if kind.http_status >= 500:
             self.log.warn(
                 "Request for task {task_id} failed: {error}",
-                task_id=task_id,
+                task_id=redact(task_id),
                 error=str(error),
             )
         # Once a heartbeat went out the status line is sent, and the body is
@@ -229,7 +234,11 @@ class TaskResource:
 
     @app.handle_errors(Exception)
     def internal_error(self, request: IRequest, failure: Failure) -> bytes:
-        self.log.failure("Unexpected error serving {path}", failure, path=request.path)
+        self.log.failure(
+            "Unexpected error serving {path}",
+            failure,
+            path=redact(request.path.decode("utf-8", "replace")),
+        )
         return self._error(cast(Request, request), TaskError(INTERNAL_ERROR), "")
 
 

@@ -12,11 +12,13 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import combinedLogFormatter
 from twisted.web.server import Site
 
 from redis_ajax_push.commands import CommandConnection
 from redis_ajax_push.config import Config
 from redis_ajax_push.resource import TaskResource
+from redis_ajax_push.signing import redact
 from redis_ajax_push.subscriber import SubscriberPool
 
 
@@ -118,6 +120,12 @@ class HTTPService(Service):
             return None
         port, self._port = self._port, None
         return port.stopListening()
+
+
+def _redacted_access_line(timestamp: str, request: Any) -> str:
+    # Twisted's combined log line shows the full path, signature tag
+    # included; anyone reading the log could reuse the id.
+    return redact(combinedLogFormatter(timestamp, request))
 
 
 class RapsService(MultiService):

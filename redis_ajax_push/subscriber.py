@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from redis_ajax_push.commands import redis_endpoint, redis_factory
 from redis_ajax_push.errors import REDIS_UNAVAILABLE, TaskError
 from redis_ajax_push.redis_url import RedisURL
+from redis_ajax_push.signing import redact
 
 
 class Listener(Protocol):
@@ -206,7 +207,7 @@ class SubscriberConnection:
             if not failure.check(txredisapi.ConnectionError):
                 self.log.warn(
                     "SUBSCRIBE {channel} failed: {error}",
-                    channel=channel.name,
+                    channel=redact(channel.name),
                     error=failure.getErrorMessage(),
                 )
             channel.fail_waiting(TaskError(REDIS_UNAVAILABLE, "SUBSCRIBE failed"))
@@ -218,7 +219,7 @@ class SubscriberConnection:
         # The connection is gone or going, and with it the subscription.
         self.log.debug(
             "UNSUBSCRIBE {channel} failed: {error}",
-            channel=name,
+            channel=redact(name),
             error=failure.getErrorMessage(),
         )
 

@@ -18,6 +18,7 @@ from redis_ajax_push.errors import (
     TaskError,
 )
 from redis_ajax_push.protocol import DONE, KILL, UPDATE, parse_task_json
+from redis_ajax_push.signing import redact
 
 
 class _Recheck:
@@ -149,7 +150,7 @@ class Watch:
             self.log.warn(
                 "A channel message for task {task_id} has {size} bytes, more "
                 "than max_message_bytes",
-                task_id=self.task_id,
+                task_id=redact(self.task_id),
                 size=len(message),
             )
             self.end(TaskError(TASK_DATA_TOO_LARGE, "channel message"))
@@ -159,7 +160,7 @@ class Watch:
         except TaskError as error:
             self.log.warn(
                 "Ignored a channel message for task {task_id}: {error}",
-                task_id=self.task_id,
+                task_id=redact(self.task_id),
                 error=error.detail,
             )
             return
@@ -173,7 +174,7 @@ class Watch:
         else:
             self.log.warn(
                 "Ignored a channel message for task {task_id} with status {status!r}",
-                task_id=self.task_id,
+                task_id=redact(self.task_id),
                 status=status,
             )
 
