@@ -21,14 +21,12 @@ from redis_ajax_push.testing import RedisServer
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
+def redis_server(raps_redis: RedisServer) -> RedisServer:
     """
-    A redis-server for the whole session, on 127.0.0.1 and a free port.
+    A redis-server for the whole session, on 127.0.0.1 and a free port: the
+    one of the raps pytest plugin's C{raps_redis} fixture.
     """
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
+    return raps_redis
 
 
 @pytest.fixture
