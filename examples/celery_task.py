@@ -40,7 +40,7 @@ def publisher() -> TaskPublisher:
     """
     global _publisher
     if _publisher is None:
-        # A TTL of a day lets Redis drop tasks that nobody reads any more.
+        # A TTL of a day lets Redis drop tasks that no page reads any more.
         _publisher = TaskPublisher.from_url(REDIS_URL, ttl=24 * 3600)
     return _publisher
 

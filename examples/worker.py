@@ -1,8 +1,8 @@
 """
 A plain worker that runs a fake job and reports its progress to raps.
 
-The web application makes the task id (`raps mint`, or `mint_task_id()` in
-Python), hands it to the worker and to the page; the page watches
+The web application makes the task id with `raps mint`, or `mint_task_id()`
+in Python, and hands it to the worker and to the page. The page watches
 `/task/<task id>?watch` while the worker runs:
 
     python examples/worker.py TASK_ID --redis redis://127.0.0.1:6379/0
@@ -24,7 +24,7 @@ from redis_ajax_push.publisher import TaskPublisher
 
 class JobError(Exception):
     """
-    The fake job failed, as `--fail-at` asks.
+    The fake job failed, as `--fail-at` requests.
     """
 
 

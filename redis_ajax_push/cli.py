@@ -40,8 +40,8 @@ exit status:
   1   watch: the task ended failed (its final state has "failed": true)
   2   Redis is unreachable or returned an error
   3   the task does not exist (no data key, or the daemon answered not_found)
-  4   watch: the daemon is unreachable or did not answer in time
-  5   watch: the daemon answered with another error, such as killed
+  4   watch: the daemon is unreachable or did not respond in time
+  5   watch: the daemon responded with another error, such as killed
   64  invalid command line: unknown option, bad JSON, invalid task id,
       status or field
   65  get: the stored value is not a JSON object
@@ -305,7 +305,7 @@ def _run_watch(config: Config, arguments: argparse.Namespace) -> int:
                 f"task {arguments.task_id} not found at {base_url}", EXIT_NOT_FOUND
             ) from None
         raise CommandError(
-            f"raps at {base_url} answered: {error}", EXIT_DAEMON_ERROR
+            f"raps at {base_url} responded with an error: {error}", EXIT_DAEMON_ERROR
         ) from None
     return EXIT_TASK_FAILED if final.get("failed") is True else EXIT_OK
 
@@ -398,7 +398,7 @@ def _describe_redis_error(error: Exception, url: RedisURL) -> CommandError | Non
     if isinstance(error, redis.ConnectionError):
         message = f"cannot connect to Redis at {url}: {error}"
     elif isinstance(error, redis.TimeoutError):
-        message = f"Redis at {url} did not answer within {REDIS_TIMEOUT} s"
+        message = f"Redis at {url} did not respond within {REDIS_TIMEOUT} s"
     elif isinstance(error, redis.RedisError):
         message = f"Redis at {url} returned an error: {error}"
     else:

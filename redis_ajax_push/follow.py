@@ -26,7 +26,7 @@ class DaemonUnreachableError(Exception):
 
 class DaemonError(Exception):
     """
-    The daemon answered with its error JSON, or with something that is not
+    The daemon responded with its error JSON, or with something that is not
     a task state. C{code} is the C{error} field, such as C{not_found}.
     """
 
@@ -36,22 +36,24 @@ class DaemonError(Exception):
         self.message = message
 
 
-def parse_answer(body: bytes) -> dict[str, Any]:
+def parse_response(body: bytes) -> dict[str, Any]:
     """
-    Decode a poll or watch answer into the task state.
+    Decode the body of a poll or watch response into the task state.
 
     Leading heartbeat newlines are skipped. An inline message, C{update} or
     C{done} with a C{data} field, is unwrapped to that field.
 
-    @raise DaemonError: for the daemon's error JSON, or an answer that is
-        not a JSON object.
+    @raise DaemonError: for the daemon's error JSON, or a body that is not
+        a JSON object.
     """
     try:
         document = json.loads(body.decode("utf-8"))
     except ValueError:
-        raise DaemonError("invalid_answer", "the answer is not UTF-8 JSON") from None
+        raise DaemonError(
+            "invalid_response", "the response is not UTF-8 JSON"
+        ) from None
     if not isinstance(document, dict):
-        raise DaemonError("invalid_answer", "the answer is not a JSON object")
+        raise DaemonError("invalid_response", "the response is not a JSON object")
     if document.get("status") == "error":
         raise DaemonError(
             str(document.get("error", "unknown")),
@@ -61,7 +63,7 @@ def parse_answer(body: bytes) -> dict[str, Any]:
         state = document["data"]
         if not isinstance(state, dict):
             raise DaemonError(
-                "invalid_answer", "the data field of the message is not a JSON object"
+                "invalid_response", "the data field of the message is not a JSON object"
             )
         return state
     return document
@@ -72,7 +74,7 @@ class TaskFollower:
     Reads a task's state from the daemon at C{base_url}.
 
     @param timeout: seconds to wait for the connection and for each read.
-        A watch that gets no byte (answer or heartbeat) in that time is
+        A watch that gets no byte (response or heartbeat) in that time is
         sent again, so a value above the daemon's heartbeat interval (10 s
         by default) avoids needless new watches.
     """
@@ -124,10 +126,10 @@ class TaskFollower:
             does not answer in time.
         """
         try:
-            return parse_answer(self._request(self.task_url(task_id, "")))
+            return parse_response(self._request(self.task_url(task_id, "")))
         except TimeoutError:
             raise DaemonUnreachableError(
-                f"raps at {self.base_url} did not answer within {self.timeout} s"
+                f"raps at {self.base_url} did not respond within {self.timeout} s"
             ) from None
 
     def watch(self, task_id: str) -> dict[str, Any] | None:
@@ -136,7 +138,7 @@ class TaskFollower:
         within the timeout, so that the caller can watch again.
         """
         try:
-            return parse_answer(self._request(self.task_url(task_id, "watch")))
+            return parse_response(self._request(self.task_url(task_id, "watch")))
         except TimeoutError:
             return None
 

@@ -57,7 +57,7 @@ class TaskPublisher:
     @param ttl: lifetime of the data key in seconds, renewed by each write;
         C{None} keeps the key until it is deleted.
     @param inline: put the task state into each message as its C{data}
-        field, which the daemon relays as the answer of a waiting watch
+        field, which the daemon relays as the response to a waiting watch
         instead of reading the data key again.
     @param task_id_rule: the daemon's C{[task_id]} rule (its defaults when
         C{None}).

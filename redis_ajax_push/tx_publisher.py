@@ -32,7 +32,7 @@ class TxTaskPublisher:
     methods, formats and checks as L{TaskPublisher}, each returning a
     Deferred.
 
-    The write is one C{EVAL} (C{EVALSHA} once txredisapi knows the script)
+    The write is one C{EVAL} (C{EVALSHA} after the script's first run on the connection)
     that stores the data key and publishes the message atomically.
 
     Create the connection with C{convertNumbers=False}: with number

@@ -502,7 +502,7 @@ async def test_watch_killed_exits_5(daemon, redis_client):
 
     assert status == 5
     assert "killed" in err
-    assert err.startswith(f"raps: raps at {daemon.base_url} answered: ")
+    assert err.startswith(f"raps: raps at {daemon.base_url} responded with an error: ")
 
 
 @pytest_twisted.ensureDeferred

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from redis_ajax_push.daemon_url import FALLBACK_URL, daemon_base_url, split_endpoint
-from redis_ajax_push.follow import DaemonError, parse_answer
+from redis_ajax_push.follow import DaemonError, parse_response
 
 
 @pytest.mark.parametrize(
@@ -59,11 +59,11 @@ def test_split_endpoint_escapes():
         ),
     ],
 )
-def test_parse_answer_states(body, expected):
+def test_parse_response_states(body, expected):
     """
-    parse_answer skips heartbeats and unwraps inline messages.
+    parse_response skips heartbeats and unwraps inline messages.
     """
-    assert parse_answer(body) == expected
+    assert parse_response(body) == expected
 
 
 @pytest.mark.parametrize(
@@ -78,18 +78,18 @@ def test_parse_answer_states(body, expected):
             + b'{"status": "error", "error_message": "Killed", "error": "killed"}',
             "killed",
         ),
-        (b"not json", "invalid_answer"),
-        (b"[1]", "invalid_answer"),
-        (b'{"status":"update","data":[1]}', "invalid_answer"),
-        (b"", "invalid_answer"),
+        (b"not json", "invalid_response"),
+        (b"[1]", "invalid_response"),
+        (b'{"status":"update","data":[1]}', "invalid_response"),
+        (b"", "invalid_response"),
     ],
 )
-def test_parse_answer_errors(body, code):
+def test_parse_response_errors(body, code):
     """
-    parse_answer raises DaemonError with the error code of an error answer
+    parse_response raises DaemonError with the error code of an error answer
     or of an answer that is no task state.
     """
     with pytest.raises(DaemonError) as caught:
-        parse_answer(body)
+        parse_response(body)
 
     assert caught.value.code == code

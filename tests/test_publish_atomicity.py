@@ -16,7 +16,7 @@ import redis
 import treq
 from twisted.internet import threads
 
-from redis_ajax_push.follow import parse_answer
+from redis_ajax_push.follow import parse_response
 from redis_ajax_push.publisher import TaskPublisher
 
 WRITES = 300
@@ -153,7 +153,7 @@ async def test_watches_never_go_back(daemon, redis_server, redis_client, inline)
             response = await treq.get(
                 daemon.url("/task/t1?watch"), persistent=False, timeout=10
             )
-            answer = parse_answer(await response.content())["seq"]
+            answer = parse_response(await response.content())["seq"]
             answers.append((before, answer))
     finally:
         stop.set()

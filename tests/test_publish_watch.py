@@ -13,7 +13,7 @@ import pytest_twisted
 import treq
 from twisted.internet import defer
 
-from redis_ajax_push.follow import parse_answer
+from redis_ajax_push.follow import parse_response
 from redis_ajax_push.publisher import TaskPublisher
 from redis_ajax_push.tx_publisher import TxTaskPublisher
 from tests.support import ChannelSpy
@@ -78,7 +78,7 @@ async def test_progress_ends_waiting_watch(daemon, redis_client, spy, inline):
 
     assert code == 200
     state = {"status": "running", "progress": 60}
-    assert parse_answer(body) == state
+    assert parse_response(body) == state
     if inline:
         assert json.loads(body) == {"status": "update", "data": state}
     else:
@@ -99,7 +99,7 @@ async def test_done_ends_waiting_watch(daemon, redis_client, spy, inline):
     )
 
     assert code == 200
-    assert parse_answer(body) == {"status": "done", "result": "report.pdf"}
+    assert parse_response(body) == {"status": "done", "result": "report.pdf"}
     assert json.loads(body)["status"] == "done"
 
 
@@ -117,7 +117,7 @@ async def test_fail_ends_waiting_watch(daemon, redis_client, spy, inline):
     )
 
     assert code == 200
-    assert parse_answer(body) == {
+    assert parse_response(body) == {
         "status": "done",
         "failed": True,
         "error_message": "disk full",
@@ -173,12 +173,12 @@ async def test_tx_publisher_round_trip(daemon, redis_server, redis_client, spy, 
         code, body = await watch_then(
             daemon, spy, "t1", lambda: publisher.progress("t1", progress=70)
         )
-        assert parse_answer(body) == {"status": "running", "progress": 70}
+        assert parse_response(body) == {"status": "running", "progress": 70}
 
         code, body = await watch_then(
             daemon, spy, "t1", lambda: publisher.done("t1", result=[1])
         )
-        assert parse_answer(body) == {"status": "done", "result": [1]}
+        assert parse_response(body) == {"status": "done", "result": [1]}
         assert await publisher.get("t1") == {"status": "done", "result": [1]}
     finally:
         await publisher.close()
