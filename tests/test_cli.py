@@ -185,7 +185,7 @@ def test_global_option_before_command(redis_url, redis_client):
 
 def test_get_missing_exits_3(redis_url):
     """
-    get of a task without a data key exits with 3 and says so.
+    get of a task without a data key exits with 3 and prints why.
     """
     result = run_raps("get", "nothing", "--redis", redis_url)
 
@@ -508,7 +508,7 @@ async def test_watch_killed_exits_5(daemon, redis_client):
 @pytest_twisted.ensureDeferred
 async def test_watch_skips_heartbeats(start_daemon, redis_client):
     """
-    watch reads answers that start with heartbeat newlines.
+    watch reads responses that start with heartbeat newlines.
     """
     daemon = await start_daemon(watch={"heartbeat_interval": 0.05})
     publisher = TaskPublisher(redis_client)

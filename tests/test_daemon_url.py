@@ -1,6 +1,6 @@
 """
 The daemon URL that the raps command derives from [http] listen, and the
-parsing of poll and watch answers.
+parsing of poll and watch responses.
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def test_parse_response_states(body, expected):
 )
 def test_parse_response_errors(body, code):
     """
-    parse_response raises DaemonError with the error code of an error answer
-    or of an answer that is no task state.
+    parse_response raises DaemonError with the error code of an error
+    response, or invalid_response for a body that is no task state.
     """
     with pytest.raises(DaemonError) as caught:
         parse_response(body)

@@ -128,9 +128,9 @@ def test_check_catches_publish_before_set(redis_server, redis_client, monkeypatc
 @pytest_twisted.ensureDeferred
 async def test_watches_never_go_back(daemon, redis_server, redis_client, inline):
     """
-    While a thread writes rapidly, each watch of a loop answers with a
-    state at least as new as the data key read before it started, and no
-    answer is older than the one before it.
+    While a thread writes rapidly, each watch of a loop returns a state at
+    least as new as the data key read before it started, and no response
+    is older than the one before it.
     """
     writer_client = new_client(redis_server)
     publisher = TaskPublisher(writer_client, inline=inline)
