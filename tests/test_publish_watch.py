@@ -227,3 +227,25 @@ async def test_tx_publisher_timeout_when_unreachable():
             await publisher.progress("t1")
     finally:
         await publisher.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tx_publisher_own_connection(redis_server, redis_client):
+    """
+    TxTaskPublisher works on a txredisapi connection made by the caller,
+    which decodes replies to str, and leaves it open on close.
+    """
+    import txredisapi
+
+    connection = txredisapi.lazyConnection(
+        redis_server.host, redis_server.port, convertNumbers=False
+    )
+    publisher = TxTaskPublisher(connection, prefix="APP_", timeout=5)
+    try:
+        await publisher.progress("t1", progress=42)
+        await publisher.close()
+
+        assert await publisher.get("t1") == {"status": "running", "progress": 42}
+        assert redis_client.get("APP_D_t1") == b'{"status":"running","progress":42}'
+    finally:
+        await connection.disconnect()
