@@ -47,6 +47,7 @@ class WatchConfig:
     heartbeat_interval: float = 10.0
     resubscribe_timeout: float = 10.0
     shutdown_grace: float = 5.0
+    stream_retry: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,7 @@ def _parse_watch(table: dict[str, Any]) -> WatchConfig:
     shutdown_grace = _take(
         table, "watch", "shutdown_grace", number, default.shutdown_grace
     )
+    stream_retry = _take(table, "watch", "stream_retry", number, default.stream_retry)
     _reject_unknown(table, "watch")
     if interval < 0:
         raise ConfigError("watch.heartbeat_interval: must be 0 (off) or more seconds")
@@ -201,11 +203,18 @@ def _parse_watch(table: dict[str, Any]) -> WatchConfig:
         raise ConfigError("watch.resubscribe_timeout: must be more than 0 seconds")
     if shutdown_grace < 0:
         raise ConfigError("watch.shutdown_grace: must be 0 or more seconds")
+    if stream_retry <= 0:
+        raise ConfigError("watch.stream_retry: must be more than 0 seconds")
     return WatchConfig(
         heartbeat_interval=interval,
         resubscribe_timeout=resubscribe_timeout,
         shutdown_grace=shutdown_grace,
+        stream_retry=stream_retry,
     )
+
+
+# Smaller limits would reject the daemon's own kill messages.
+MIN_MESSAGE_BYTES = 1024
 
 
 def _parse_limits(table: dict[str, Any]) -> LimitsConfig:
@@ -233,8 +242,10 @@ def _parse_limits(table: dict[str, Any]) -> LimitsConfig:
         raise ConfigError(
             "limits.watch_timeout: must be 0 (wait forever) or more seconds"
         )
-    if max_message_bytes < 1:
-        raise ConfigError("limits.max_message_bytes: must be 1 or more")
+    if max_message_bytes < MIN_MESSAGE_BYTES:
+        raise ConfigError(
+            f"limits.max_message_bytes: must be {MIN_MESSAGE_BYTES} or more"
+        )
     return LimitsConfig(
         max_watches=max_watches,
         max_watches_per_client=per_client,

@@ -7,12 +7,10 @@ L{redis_ajax_push.protocol}.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, cast
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -33,18 +31,15 @@ from redis_ajax_push.errors import (
     ErrorKind,
     TaskError,
 )
-from redis_ajax_push.protocol import DONE, TaskKeys, kill_message, parse_task_json
-from redis_ajax_push.registry import WatchRegistry
+from redis_ajax_push.protocol import TaskKeys, parse_task_json
 from redis_ajax_push.signing import TaskIdSigner, redact
-from redis_ajax_push.subscriber import SubscriberPool, Subscription
+from redis_ajax_push.subscriber import SubscriberPool
 from redis_ajax_push.task_id import TaskIdValidator
-from redis_ajax_push.watch import RECHECK, Watch
+from redis_ajax_push.watching import WatchHandler
 
 INTERNAL_ERROR = ErrorKind("internal_error", "Internal server error", 500)
 
-_MODES = {b"": "poll", b"poll": "poll", b"watch": "watch"}
-
-HEARTBEAT = b"\n"
+_MODES = {b"": "poll", b"poll": "poll", b"watch": "watch", b"stream": "stream"}
 
 
 class TaskResource:
@@ -72,13 +67,10 @@ class TaskResource:
             config.task_id.max_length,
             TaskIdSigner(task_id_secrets) if task_id_secrets else None,
         )
-        self._heartbeat_interval = config.watch.heartbeat_interval
-        self._resubscribe_timeout = config.watch.resubscribe_timeout
         self._legacy_status_codes = config.http.legacy_status_codes
-        self._limits = config.limits
-        self.watches = WatchRegistry(
-            config.limits.max_watches, config.limits.max_watches_per_client
-        )
+        self._max_message_bytes = config.limits.max_message_bytes
+        self._watching = WatchHandler(config, commands, pool, self._read_task, reactor)
+        self.watches = self._watching.watches
 
     def resource(self) -> Resource:
         """
@@ -105,7 +97,9 @@ class TaskResource:
             if mode is None:
                 raise TaskError(INVALID_MODE)
             if mode == "watch":
-                return await self._watch(request, task_id)
+                return await self._watching.watch(request, task_id)
+            if mode == "stream":
+                return await self._watching.stream(request, task_id)
             raw, _ = await self._read_task(task_id)
             return raw
         except TaskError as error:
@@ -121,82 +115,9 @@ class TaskResource:
         raw = await self._commands.get(self._keys.data_key(task_id))
         if raw is None:
             raise TaskError(NOT_FOUND)
-        if len(raw) > self._limits.max_message_bytes:
+        if len(raw) > self._max_message_bytes:
             raise TaskError(TASK_DATA_TOO_LARGE, f"data key of {len(raw)} bytes")
         return raw, parse_task_json(raw)
-
-    async def _watch(self, request: Request, task_id: str) -> bytes:
-        request.setHeader(b"X-Accel-Buffering", b"no")
-        watch = Watch(
-            task_id,
-            uuid.uuid4().hex,
-            self._reactor,
-            self._limits.max_message_bytes,
-            self._resubscribe_timeout,
-        )
-        self.watches.add(watch, request.getClientAddress().host or "")
-        subscription: Subscription | None = None
-        heartbeat: LoopingCall | None = None
-        try:
-            channel = self._keys.channel(task_id)
-            # Subscribe first and read second, so that an update published
-            # in between is in what the read returns.
-            subscription = await self._pool.subscribe(channel, watch)
-            raw, document = await self._read_task(task_id)
-            if document.get("status") == DONE:
-                return raw
-
-            # A kill that arrived meanwhile came from a newer watch, which
-            # our own kill must not end.
-            if not watch.ended:
-                await self._commands.publish(channel, kill_message(watch.watch_id))
-            heartbeat = self._start_heartbeat(request, task_id)
-            if self._limits.watch_timeout > 0:
-                watch.start_timeout(self._limits.watch_timeout)
-            return await self._wait(watch, raw)
-        finally:
-            watch.close()
-            self.watches.remove(watch)
-            if subscription is not None:
-                subscription.close()
-            if heartbeat is not None and heartbeat.running:
-                heartbeat.stop()
-
-    async def _wait(self, watch: Watch, first_read: bytes) -> bytes:
-        """
-        Wait for the event that ends C{watch} and return the answer.
-        """
-        while True:
-            event = await watch.wait()
-            if event is RECHECK:
-                # Messages published while the subscription was down are
-                # lost; a changed data key is the trace they left.
-                raw, document = await self._read_task(watch.task_id)
-                if raw != first_read or document.get("status") == DONE:
-                    return raw
-                continue
-            if isinstance(event, TaskError):
-                raise event
-            if isinstance(event, bytes):
-                return event
-            raw, _ = await self._read_task(watch.task_id)
-            return raw
-
-    def _start_heartbeat(self, request: Request, task_id: str) -> LoopingCall | None:
-        if self._heartbeat_interval <= 0:
-            return None
-        heartbeat = LoopingCall(request.write, HEARTBEAT)
-        heartbeat.clock = self._reactor
-        stopped = heartbeat.start(self._heartbeat_interval, now=False)
-        stopped.addErrback(self._log_heartbeat_failure, task_id)
-        return heartbeat
-
-    def _log_heartbeat_failure(self, failure: Failure, task_id: str) -> None:
-        self.log.failure(
-            "Heartbeat of the watch of task {task_id} failed",
-            failure,
-            task_id=redact(task_id),
-        )
 
     def _error(self, request: Request, error: TaskError, task_id: str) -> bytes:
         kind = error.kind
@@ -223,7 +144,7 @@ class TaskResource:
         # The task id route does not match ids with a newline in them, and
         # werkzeug answers "/task" and "/task//id" with a redirect, which an
         # API client has no use for.
-        if request.path.startswith(b"/task"):
+        if request.path == b"/task" or request.path.startswith(b"/task/"):
             return self._error(cast(Request, request), TaskError(INVALID_TASK_ID), "")
         return self._error(cast(Request, request), TaskError(NO_SUCH_PATH), "")
 
@@ -264,6 +185,7 @@ class _UTF8PathGuard(Resource):
             on_task = request.path.startswith(b"/task/")
             kind = INVALID_TASK_ID if on_task else NO_SUCH_PATH
             request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(b"Cache-Control", b"no-store")
             request.setResponseCode(
                 200 if self._legacy_status_codes else kind.http_status
             )

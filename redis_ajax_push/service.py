@@ -146,9 +146,8 @@ class RapsService(MultiService):
         self.redis = RedisService(config, reactor)
         self.redis.setServiceParent(self)
         self.tasks = TaskResource(config, self.redis.commands, self.redis.pool, reactor)
-        self.http = HTTPService(
-            config.http.listen, Site(self.tasks.resource()), reactor
-        )
+        site = Site(self.tasks.resource(), logFormatter=_redacted_access_line)
+        self.http = HTTPService(config.http.listen, site, reactor)
         self.http.setServiceParent(self)
 
     def stopService(self) -> defer.Deferred[None]:

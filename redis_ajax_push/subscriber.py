@@ -323,9 +323,18 @@ class SubscriberPool:
         channel.connection.remove(channel)
 
     def _connection_with_room(self) -> SubscriberConnection:
-        for connection in self.connections:
-            if len(connection.channels) < self._per_connection:
+        # Prefer a connection that is up: one waiting to reconnect would hold
+        # the new channel until its next attempt, possibly seconds away.
+        with_room = [
+            connection
+            for connection in self.connections
+            if len(connection.channels) < self._per_connection
+        ]
+        for connection in with_room:
+            if connection.protocol is not None:
                 return connection
+        if with_room:
+            return with_room[0]
         connection = SubscriberConnection(self, self._url, self._reactor)
         self.connections.append(connection)
         return connection

@@ -1,11 +1,14 @@
 """
-The listener side of one watch: what ends it and with what.
+The listener side of one watch or stream: the events that arrive on its
+task's channel, queued until the request handler takes them.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
-from typing import Final, cast
+from dataclasses import dataclass
+from typing import Final
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -21,33 +24,49 @@ from redis_ajax_push.protocol import DONE, KILL, UPDATE, parse_task_json
 from redis_ajax_push.signing import redact
 
 
-class _Recheck:
+@dataclass(frozen=True)
+class Message:
     """
-    The type of L{RECHECK}.
+    An C{update} or C{done} message. C{raw} is the message itself when it
+    carries a C{data} field, to relay as it is; otherwise C{None}, and the
+    data key holds the new state.
     """
 
+    status: str
+    raw: bytes | None
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
     def __repr__(self) -> str:
-        return "RECHECK"
+        return self._name
 
 
 # The subscription was lost and is back: messages may have been missed, so
-# the data key must be read again before waiting on.
-RECHECK: Final = _Recheck()
+# the data key must be read again.
+RECHECK: Final = _Marker("RECHECK")
 
-# What ends a watch: the message to relay as the answer, None to answer with
-# the data key's current value, or the error to answer with.
-Outcome = bytes | None | TaskError
+# watch_timeout passed: answer with the data key's current value.
+TIMEOUT: Final = _Marker("TIMEOUT")
 
-_UNSET: Final = object()
+Event = Message | _Marker | TaskError
+
+# More queued events than this, from a client that reads slower than the
+# worker publishes, collapse into one RECHECK: the data key has the latest
+# state, which is all the client needs.
+MAX_QUEUED_EVENTS = 64
 
 
 class Watch:
     """
-    Waits on a task's channel for the message that ends the watch.
+    Collects the events of one watch or stream from its channel.
 
-    L{wait} returns the next event: a final L{Outcome}, or L{RECHECK}. The
-    Deferreds it returns never fail, so an event nobody waits for any more
-    is dropped silently.
+    L{wait} returns the next event. An error (kill, lost subscription,
+    shutdown) or a timeout ends the watch: it is returned at once, ahead of
+    anything still queued. The Deferreds of L{wait} never fail, so an event
+    nobody waits for any more is dropped silently.
     """
 
     log = Logger()
@@ -65,63 +84,62 @@ class Watch:
         self._reactor = reactor
         self._max_message_bytes = max_message_bytes
         self._resubscribe_timeout = resubscribe_timeout
-        self._final: object = _UNSET
-        self._recheck = False
-        self._waiter: defer.Deferred[Outcome | _Recheck] | None = None
+        self._final: TaskError | _Marker | None = None
+        self._queue: deque[Event] = deque()
+        self._waiter: defer.Deferred[Event] | None = None
         self._timers: dict[str, IDelayedCall] = {}
 
     @property
     def ended(self) -> bool:
-        return self._final is not _UNSET
+        return self._final is not None
 
-    def _take_event(self) -> Outcome | _Recheck | object:
-        """
-        Return the final outcome if there is one, else a pending RECHECK
-        (consuming it), else L{_UNSET}.
-        """
-        if self._final is not _UNSET:
-            return self._final
-        if self._recheck:
-            self._recheck = False
-            return RECHECK
-        return _UNSET
-
-    def wait(self) -> defer.Deferred[Outcome | _Recheck]:
+    def wait(self) -> defer.Deferred[Event]:
         """
         Return a Deferred that fires with the next event, at once when one
         is already there.
         """
-        event = self._take_event()
-        if event is not _UNSET:
-            return defer.succeed(cast(Outcome | _Recheck, event))
+        if self._final is not None:
+            return defer.succeed(self._final)
+        if self._queue:
+            return defer.succeed(self._queue.popleft())
         self._waiter = defer.Deferred()
         return self._waiter
 
-    def end(self, outcome: Outcome) -> None:
+    def _wake(self) -> None:
+        if self._waiter is None:
+            return
+        if self._final is not None:
+            event: Event = self._final
+        elif self._queue:
+            event = self._queue.popleft()
+        else:
+            return
+        waiter, self._waiter = self._waiter, None
+        waiter.callback(event)
+
+    def _push(self, event: Event) -> None:
+        if len(self._queue) >= MAX_QUEUED_EVENTS:
+            self._queue.clear()
+            event = RECHECK
+        self._queue.append(event)
+        self._wake()
+
+    def end(self, outcome: TaskError | _Marker) -> None:
         """
-        End the watch with C{outcome}, unless it has ended already.
+        End the watch with an error or L{TIMEOUT}, unless it has ended
+        already.
         """
-        if self._final is not _UNSET:
+        if self._final is not None:
             return
         self._final = outcome
         self._cancel_timers()
         self._wake()
 
-    def _wake(self) -> None:
-        if self._waiter is None:
-            return
-        event = self._take_event()
-        if event is _UNSET:
-            return
-        waiter, self._waiter = self._waiter, None
-        waiter.callback(cast(Outcome | _Recheck, event))
-
     def start_timeout(self, seconds: float) -> None:
         """
-        End the watch after C{seconds} with the data key's current value,
-        as if an update had arrived.
+        End the watch with L{TIMEOUT} after C{seconds}.
         """
-        self._start_timer("watch_timeout", seconds, self.end, None)
+        self._start_timer("watch_timeout", seconds, self.end, TIMEOUT)
 
     def _start_timer(
         self, name: str, seconds: float, function: Callable[..., object], *args: object
@@ -170,7 +188,7 @@ class Watch:
             if document.get("src") != self.watch_id:
                 self.end(TaskError(KILLED))
         elif status in (UPDATE, DONE):
-            self.end(message if "data" in document else None)
+            self._push(Message(status, message if "data" in document else None))
         else:
             self.log.warn(
                 "Ignored a channel message for task {task_id} with status {status!r}",
@@ -192,5 +210,4 @@ class Watch:
         if self.ended:
             return
         self._cancel_timer("resubscribe")
-        self._recheck = True
-        self._wake()
+        self._push(RECHECK)

@@ -86,7 +86,7 @@ async def test_empty_or_undecodable_id(daemon, path):
 
 
 @pytest.mark.parametrize(
-    "query", ["?bogus", "?watch=1", "?poll&watch", "?WATCH", "?stream"]
+    "query", ["?bogus", "?watch=1", "?poll&watch", "?WATCH", "?streaming"]
 )
 @pytest_twisted.ensureDeferred
 async def test_invalid_mode_rejected(daemon, redis_client, query):

@@ -182,11 +182,6 @@ async def test_logs_hide_tags_and_secrets(start_daemon, redis_client, log_lines)
     assert leaks(own_lines, *tags, NEW.decode(), OLD.decode()) == []
 
 
-@pytest.mark.xfail(
-    reason="service.py builds its Site without logFormatter=_redacted_access_line, "
-    "so Twisted's access log line shows the full request path, tag included",
-    strict=True,
-)
 @pytest_twisted.ensureDeferred
 async def test_access_log_hides_tags(start_daemon, redis_client, log_lines):
     """

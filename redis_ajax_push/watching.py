@@ -1,0 +1,209 @@
+"""
+The watch and stream modes of C{GET /task/<task id>}: admission, the
+subscribe-then-read start, the kill, heartbeats, and turning channel events
+into answers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+
+from redis_ajax_push import sse
+from redis_ajax_push.commands import CommandConnection
+from redis_ajax_push.config import Config
+from redis_ajax_push.errors import TaskError
+from redis_ajax_push.protocol import DONE, UPDATE, TaskKeys, kill_message
+from redis_ajax_push.registry import WatchRegistry
+from redis_ajax_push.signing import redact
+from redis_ajax_push.subscriber import SubscriberPool
+from redis_ajax_push.watch import RECHECK, TIMEOUT, Event, Message, Watch
+
+# Reads a task's data key: its bytes and decoded JSON, or raises TaskError.
+TaskReader = Callable[[str], Awaitable[tuple[bytes, dict[str, Any]]]]
+
+WATCH_HEARTBEAT = b"\n"
+
+
+class WatchHandler:
+    """
+    Serves watch (long-poll) and stream (Server-Sent Events) requests.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        commands: CommandConnection,
+        pool: SubscriberPool,
+        read_task: TaskReader,
+        reactor: IReactorTime,
+    ) -> None:
+        self._commands = commands
+        self._pool = pool
+        self._read_task = read_task
+        self._reactor = reactor
+        self._keys = TaskKeys(config.redis.prefix)
+        self._watch_config = config.watch
+        self._limits = config.limits
+        self.watches = WatchRegistry(
+            config.limits.max_watches, config.limits.max_watches_per_client
+        )
+
+    @asynccontextmanager
+    async def _opened(self, request: Request, task_id: str) -> AsyncIterator[Watch]:
+        """
+        Admit, register and subscribe a new watch; release all of it on
+        exit, whatever ended the request.
+        """
+        watch = Watch(
+            task_id,
+            uuid.uuid4().hex,
+            self._reactor,
+            self._limits.max_message_bytes,
+            self._watch_config.resubscribe_timeout,
+        )
+        # UNIX socket clients have no host; they count as one client.
+        client = getattr(request.getClientAddress(), "host", "") or ""
+        self.watches.add(watch, client)
+        try:
+            subscription = await self._pool.subscribe(
+                self._keys.channel(task_id), watch
+            )
+            try:
+                yield watch
+            finally:
+                subscription.close()
+        finally:
+            watch.close()
+            self.watches.remove(watch)
+
+    async def _announce(self, watch: Watch) -> None:
+        """
+        Publish the kill that ends every older watch of the task. A kill that
+        arrived already came from a newer watch, which ours must not end.
+        """
+        if not watch.ended:
+            channel = self._keys.channel(watch.task_id)
+            await self._commands.publish(channel, kill_message(watch.watch_id))
+        if self._limits.watch_timeout > 0:
+            watch.start_timeout(self._limits.watch_timeout)
+
+    def _start_heartbeat(
+        self, request: Request, payload: bytes, task_id: str
+    ) -> LoopingCall | None:
+        interval = self._watch_config.heartbeat_interval
+        if interval <= 0:
+            return None
+        heartbeat = LoopingCall(request.write, payload)
+        heartbeat.clock = self._reactor
+        stopped = heartbeat.start(interval, now=False)
+        stopped.addErrback(self._log_heartbeat_failure, task_id)
+        return heartbeat
+
+    def _log_heartbeat_failure(self, failure: Failure, task_id: str) -> None:
+        self.log.failure(
+            "Heartbeat of the watch of task {task_id} failed",
+            failure,
+            task_id=redact(task_id),
+        )
+
+    async def _resolve(
+        self, watch: Watch, event: Event, last_sent: bytes
+    ) -> tuple[bytes, str] | None:
+        """
+        Turn an event into the state to send and its status (C{update} or
+        C{done}), or C{None} when there is nothing new to send.
+
+        @raise TaskError: for an event that ends the watch with an error.
+        """
+        if isinstance(event, TaskError):
+            raise event
+        if isinstance(event, Message) and event.raw is not None:
+            return event.raw, event.status
+        if event is RECHECK or event is TIMEOUT or isinstance(event, Message):
+            raw, document = await self._read_task(watch.task_id)
+            done = document.get("status") == DONE or (
+                isinstance(event, Message) and event.status == DONE
+            )
+            if event is RECHECK and raw == last_sent and not done:
+                # Nothing was missed while the subscription was down.
+                return None
+            return raw, DONE if done else UPDATE
+        raise AssertionError(f"unknown watch event {event!r}")
+
+    async def watch(self, request: Request, task_id: str) -> bytes:
+        """
+        Answer a watch: the data key at once when the task is done, else the
+        state after the next update, kill, timeout or error.
+        """
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        async with self._opened(request, task_id) as watch:
+            # Read only now that the channel is subscribed, so that an update
+            # published in between is in what this read returns.
+            raw, document = await self._read_task(task_id)
+            if document.get("status") == DONE:
+                return raw
+            await self._announce(watch)
+            heartbeat = self._start_heartbeat(request, WATCH_HEARTBEAT, task_id)
+            try:
+                while True:
+                    resolved = await self._resolve(watch, await watch.wait(), raw)
+                    if resolved is not None:
+                        return resolved[0]
+            finally:
+                if heartbeat is not None and heartbeat.running:
+                    heartbeat.stop()
+
+    async def stream(self, request: Request, task_id: str) -> bytes:
+        """
+        Serve a stream: the current state as the first event, then one
+        event per update until C{done}. Errors before the first event get
+        the usual status and JSON; later ones become an C{error} event.
+        """
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        async with self._opened(request, task_id) as watch:
+            raw, document = await self._read_task(task_id)
+            request.setHeader(b"Content-Type", sse.CONTENT_TYPE)
+            retry_ms = round(self._watch_config.stream_retry * 1000)
+            status = DONE if document.get("status") == DONE else UPDATE
+            request.write(sse.sse_retry(retry_ms) + sse.sse_event(status, raw))
+            if status == DONE:
+                return b""
+            heartbeat = None
+            try:
+                await self._announce(watch)
+                heartbeat = self._start_heartbeat(request, sse.HEARTBEAT, task_id)
+                last_sent = raw
+                while True:
+                    event = await watch.wait()
+                    resolved = await self._resolve(watch, event, last_sent)
+                    if resolved is None:
+                        continue
+                    last_sent, status = resolved
+                    request.write(sse.sse_event(status, last_sent))
+                    if status == DONE or event is TIMEOUT:
+                        return b""
+            except TaskError as error:
+                self._log_error(task_id, error)
+                return sse.sse_event("error", error.kind.body)
+            finally:
+                if heartbeat is not None and heartbeat.running:
+                    heartbeat.stop()
+
+    def _log_error(self, task_id: str, error: TaskError) -> None:
+        if error.kind.http_status >= 500:
+            self.log.warn(
+                "Stream of task {task_id} failed: {error}",
+                task_id=redact(task_id),
+                error=str(error),
+            )
