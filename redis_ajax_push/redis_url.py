@@ -11,14 +11,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 class RedisURLError(ValueError):
     """
-    A Redis URL cannot be used. The message says which part is wrong.
+    A Redis URL cannot be used. The message names the part that is wrong.
     """
 
 
 @dataclass(frozen=True)
 class RedisURL:
     """
-    Where and how to reach a Redis server.
+    The address and credentials of a Redis server.
     """
 
     host: str | None = "127.0.0.1"
