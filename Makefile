@@ -2,7 +2,8 @@
 
 PYTHON ?= python3
 VENV := .venv
-CONFIG ?= etc/raps.toml
+# etc/raps-dev.toml is etc/raps.toml's defaults with the demo page on.
+CONFIG ?= etc/raps-dev.toml
 
 # Touched after a successful install, so that the venv is rebuilt only when
 # the project's dependencies may have changed.
@@ -32,6 +33,7 @@ $(STAMP): pyproject.toml setup.py
 
 run: $(STAMP)
 	$(VENV)/bin/python scripts/ensure-redis --config $(CONFIG)
+	@$(VENV)/bin/python scripts/demo-hint $(CONFIG)
 	$(VENV)/bin/twistd -n --pidfile= raps --config $(CONFIG)
 
 install-redis:

@@ -9,6 +9,9 @@ from setuptools import setup
 # twistd's plugin scan cannot see.
 setup(
     packages=["redis_ajax_push", "twisted.plugins"],
-    package_data={"twisted.plugins": ["raps.py"]},
+    package_data={
+        "twisted.plugins": ["raps.py"],
+        "redis_ajax_push": ["static/*.js", "static/*.html"],
+    },
     options={"editable_wheel": {"mode": "compat"}},
 )

@@ -29,6 +29,8 @@ class ConfigError(Exception):
 class HTTPConfig:
     listen: str = "tcp:8888:interface=127.0.0.1"
     legacy_status_codes: bool = False
+    serve_client: bool = True
+    demo: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,8 +139,20 @@ def _parse_http(table: dict[str, Any]) -> HTTPConfig:
     legacy = _take(
         table, "http", "legacy_status_codes", bool, default.legacy_status_codes
     )
+    serve_client = _take(table, "http", "serve_client", bool, default.serve_client)
+    demo = _take(table, "http", "demo", bool, default.demo)
     _reject_unknown(table, "http")
-    return HTTPConfig(listen=listen, legacy_status_codes=legacy)
+    if demo and not serve_client:
+        raise ConfigError(
+            "http.demo: the demo page loads /static/raps.js, so set "
+            "http.serve_client = true or http.demo = false"
+        )
+    return HTTPConfig(
+        listen=listen,
+        legacy_status_codes=legacy,
+        serve_client=serve_client,
+        demo=demo,
+    )
 
 
 def _parse_redis(table: dict[str, Any]) -> RedisConfig:

@@ -1,5 +1,7 @@
 """
-The HTTP API: C{GET /task/<task id>} in poll and watch mode.
+The HTTP API: C{GET /task/<task id>} in poll, watch and stream mode, and the
+browser client C{/static/raps.js} and demo page C{/demo} when the config
+turns them on.
 
 The protocol is described in C{docs/protocol.md}; the Redis side of it in
 L{redis_ajax_push.protocol}.
@@ -19,6 +21,7 @@ from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
+from redis_ajax_push.client_files import StaticFile, client_file, demo_file
 from redis_ajax_push.commands import CommandConnection
 from redis_ajax_push.config import Config
 from redis_ajax_push.errors import (
@@ -71,12 +74,32 @@ class TaskResource:
         self._max_message_bytes = config.limits.max_message_bytes
         self._watching = WatchHandler(config, commands, pool, self._read_task, reactor)
         self.watches = self._watching.watches
+        self._client: StaticFile | None = (
+            client_file() if config.http.serve_client else None
+        )
+        self._demo: StaticFile | None = demo_file() if config.http.demo else None
 
     def resource(self) -> Resource:
         """
         Return the Twisted Web resource to serve.
         """
         return _UTF8PathGuard(self.app.resource(), self._legacy_status_codes)
+
+    @app.route("/static/raps.js", methods=["GET"])
+    def client_module(self, request: Request) -> bytes:
+        return self._static(request, self._client)
+
+    @app.route("/demo", methods=["GET"])
+    def demo_page(self, request: Request) -> bytes:
+        return self._static(request, self._demo)
+
+    def _static(self, request: Request, static: StaticFile | None) -> bytes:
+        # A file switched off in the config is answered like any unknown path.
+        if static is None:
+            return self._error(request, TaskError(NO_SUCH_PATH), "")
+        for name, value in static.headers:
+            request.setHeader(name, value)
+        return static.body
 
     @app.route("/task/", methods=["GET"])
     def empty_task_id(self, request: Request) -> bytes:
