@@ -34,6 +34,7 @@ from redis_ajax_push.errors import (
     ErrorKind,
     TaskError,
 )
+from redis_ajax_push.health import HEALTHY_BODY, check_health, unhealthy_body
 from redis_ajax_push.protocol import TaskKeys, parse_task_json
 from redis_ajax_push.signing import TaskIdSigner, redact
 from redis_ajax_push.subscriber import SubscriberPool
@@ -71,6 +72,7 @@ class TaskResource:
             TaskIdSigner(task_id_secrets) if task_id_secrets else None,
         )
         self._legacy_status_codes = config.http.legacy_status_codes
+        self._health_timeout = config.redis.command_timeout
         self._max_message_bytes = config.limits.max_message_bytes
         self._watching = WatchHandler(config, commands, pool, self._read_task, reactor)
         self.watches = self._watching.watches
@@ -85,21 +87,38 @@ class TaskResource:
         """
         return _UTF8PathGuard(self.app.resource(), self._legacy_status_codes)
 
-    @app.route("/static/raps.js", methods=["GET"])
+    # These routes take every method, so that a file switched off in the
+    # config gets not_found for any method, like an unknown path.
+    @app.route("/static/raps.js")
     def client_module(self, request: Request) -> bytes:
         return self._static(request, self._client)
 
-    @app.route("/demo", methods=["GET"])
+    @app.route("/demo")
     def demo_page(self, request: Request) -> bytes:
         return self._static(request, self._demo)
 
     def _static(self, request: Request, static: StaticFile | None) -> bytes:
-        # A file switched off in the config is answered like any unknown path.
         if static is None:
             return self._error(request, TaskError(NO_SUCH_PATH), "")
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"Allow", b"GET, HEAD")
+            return self._error(request, TaskError(METHOD_NOT_ALLOWED), "")
         for name, value in static.headers:
             request.setHeader(name, value)
         return static.body
+
+    @app.route("/healthz", methods=["GET"])
+    async def healthz(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        problems = await check_health(
+            self._commands, self._pool, self._health_timeout, self._reactor
+        )
+        if not problems:
+            return HEALTHY_BODY
+        self.log.warn("Health check failed: {problems}", problems="; ".join(problems))
+        request.setResponseCode(503)
+        return unhealthy_body(problems)
 
     @app.route("/task/", methods=["GET"])
     def empty_task_id(self, request: Request) -> bytes:

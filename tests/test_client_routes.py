@@ -112,6 +112,32 @@ async def test_demo_off_by_default(daemon):
 
 
 @pytest_twisted.ensureDeferred
+async def test_demo_off_any_method(daemon):
+    """
+    Without demo = true, a POST to /demo gets not_found too, not
+    method_not_allowed, as for any unknown path.
+    """
+    response, body = await fetch(daemon, "/demo", method="POST")
+
+    assert_not_found(response, body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_demo_put_rejected(start_daemon):
+    """
+    With demo = true, a PUT to /demo gets method_not_allowed with the Allow
+    header.
+    """
+    daemon = await start_daemon(http={"demo": True})
+
+    response, body = await fetch(daemon, "/demo", method="PUT")
+
+    assert response.code == 405
+    assert header(response, "Allow") == "GET, HEAD"
+    assert json.loads(body)["error"] == "method_not_allowed"
+
+
+@pytest_twisted.ensureDeferred
 async def test_demo_served_when_on(start_daemon):
     """
     With demo = true, /demo returns the packaged page as uncached HTML.
