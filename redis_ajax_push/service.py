@@ -40,6 +40,7 @@ class RedisService(Service):
             redis.subscriber_idle_timeout,
             redis.command_timeout,
             reactor,
+            probe_channel=f"{redis.prefix}HEALTH",
         )
 
     def startService(self) -> None:

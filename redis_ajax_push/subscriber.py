@@ -260,6 +260,24 @@ class SubscriberConnection:
         return self._factory.disconnect()
 
 
+class _NoListener:
+    """
+    Listens to the health probe channel and ignores everything.
+    """
+
+    def message_received(self, message: bytes) -> None:
+        pass
+
+    def subscription_lost(self) -> None:
+        pass
+
+    def subscription_restored(self) -> None:
+        pass
+
+
+_NO_LISTENER = _NoListener()
+
+
 class SubscriberPool:
     """
     Places channels on subscriber connections and opens and closes those
@@ -273,6 +291,7 @@ class SubscriberPool:
         idle_timeout: float,
         confirm_timeout: float,
         reactor: IReactorTime,
+        probe_channel: str = "RA_HEALTH",
     ) -> None:
         self._url = url
         self._per_connection = channels_per_connection
@@ -281,6 +300,7 @@ class SubscriberPool:
         self._reactor = reactor
         self.connections: list[SubscriberConnection] = []
         self._channels: dict[str, Channel] = {}
+        self._probe_channel = probe_channel
 
     @property
     def channel_count(self) -> int:
@@ -313,6 +333,16 @@ class SubscriberPool:
             subscription.close()
             raise
         return subscription
+
+    async def probe(self) -> None:
+        """
+        Subscribe a probe channel and release it at once, to check that the
+        pool can subscribe.
+
+        @raise TaskError: as for L{subscribe}.
+        """
+        subscription = await self.subscribe(self._probe_channel, _NO_LISTENER)
+        subscription.close()
 
     def release(self, channel: Channel, listener: Listener) -> None:
         channel.listeners.remove(listener)

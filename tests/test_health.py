@@ -1,0 +1,78 @@
+"""
+GET /healthz against a real redis-server: healthy only when the command
+connection and every subscriber connection answer.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest_twisted
+import treq
+
+from tests.support import wait_until
+
+RUNNING = b'{"status": "running"}'
+
+
+async def health(daemon):
+    response = await treq.get(daemon.url("/healthz"), persistent=False)
+    return response.code, json.loads(await response.content())
+
+
+@pytest_twisted.ensureDeferred
+async def test_healthy_daemon_answers_200(daemon, redis_client):
+    """
+    With Redis up, /healthz answers 200 and probes the subscriber pool even
+    when no watch is open, leaving no channel behind.
+    """
+    code, body = await health(daemon)
+
+    assert code == 200
+    assert body == {"status": "ok"}
+    assert daemon.service.redis.pool.channel_count == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_down_is_unhealthy(start_daemon, redis_server):
+    """
+    With Redis stopped, /healthz answers 503 naming the command connection
+    and the subscriber pool.
+    """
+    daemon = await start_daemon(redis={"command_timeout": 0.3})
+    redis_server.stop()
+
+    code, body = await health(daemon)
+
+    assert code == 503
+    assert body["error"] == "unhealthy"
+    assert any(p.startswith("command connection") for p in body["problems"])
+    assert any(p.startswith("subscriber") for p in body["problems"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_lost_subscriber_is_unhealthy(daemon, redis_client):
+    """
+    A subscriber connection that Redis closed makes /healthz answer 503 even
+    though the command connection is fine, and 200 again once it has
+    reconnected.
+    """
+    redis_client.set("RA_D_h1", RUNNING)
+    watch = treq.get(daemon.url("/task/h1?watch"), persistent=False)
+    await wait_until(lambda: redis_client.pubsub_numsub("RA_SC_h1")[0][1] == 1)
+
+    redis_client.client_kill_filter(_type="pubsub")
+    code, body = await health(daemon)
+
+    assert code == 503
+    assert body["problems"] == ["subscriber connection 0: not connected"]
+
+    await wait_until(
+        lambda: redis_client.pubsub_numsub("RA_SC_h1")[0][1] == 1,
+        timeout=10,
+        what="the subscriber to reconnect",
+    )
+    code, _ = await health(daemon)
+    assert code == 200
+    redis_client.publish("RA_SC_h1", b'{"status": "done"}')
+    await (await watch).content()
