@@ -16,7 +16,7 @@ from redis_ajax_push.daemon_url import daemon_base_url
 from redis_ajax_push.follow import DaemonError, DaemonUnreachableError, TaskFollower
 from redis_ajax_push.publisher import TaskPublisher
 from redis_ajax_push.redis_url import RedisURL
-from redis_ajax_push.signing import TaskIdSigner, mint_unsigned
+from redis_ajax_push.signing import mint_unsigned, signer_for
 from redis_ajax_push.task_update import (
     PublishError,
     StoredTaskDataError,
@@ -310,28 +310,23 @@ def _run_watch(config: Config, arguments: argparse.Namespace) -> int:
     return EXIT_TASK_FAILED if final.get("failed") is True else EXIT_OK
 
 
-def _signer(config: Config) -> TaskIdSigner | None:
-    task_id_secrets = config.security.task_id_secrets
-    return TaskIdSigner(task_id_secrets) if task_id_secrets else None
-
-
 def _check_task_id(config: Config, task_id: str) -> None:
     try:
-        TaskWriter(task_id_rule=config.task_id, signer=_signer(config)).check_task_id(
-            task_id
-        )
+        TaskWriter(
+            task_id_rule=config.task_id, signer=signer_for(config)
+        ).check_task_id(task_id)
     except PublishError as error:
         raise CommandError(str(error), EXIT_USAGE) from None
 
 
 def _run_mint(config: Config, arguments: argparse.Namespace) -> int:
-    signer = _signer(config)
+    signer = signer_for(config)
     print(signer.mint() if signer is not None else mint_unsigned())
     return EXIT_OK
 
 
 def _run_sign(config: Config, arguments: argparse.Namespace) -> int:
-    signer = _signer(config)
+    signer = signer_for(config)
     if signer is None:
         raise CommandError(
             "no [security] task_id_secrets in the config; pass --config with "

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from redis_ajax_push.config import MIN_SECRET_BYTES, Config, TaskIdConfig
-from redis_ajax_push.signing import TaskIdSigner, mint_unsigned
+from redis_ajax_push.signing import TaskIdSigner, mint_unsigned, signer_for
 from redis_ajax_push.task_update import (
     SET_AND_PUBLISH,
     InvalidTaskDataError,
@@ -106,14 +106,13 @@ class TaskPublisher:
         Return a publisher that follows a daemon's config: its prefix, its
         task id rule and, when it has secrets, signed ids only.
         """
-        task_id_secrets = config.security.task_id_secrets
         return cls(
             redis_client,
             config.redis.prefix,
             ttl,
             inline,
             task_id_rule=config.task_id,
-            signer=TaskIdSigner(task_id_secrets) if task_id_secrets else None,
+            signer=signer_for(config),
         )
 
     @property

@@ -36,7 +36,7 @@ from redis_ajax_push.errors import (
 )
 from redis_ajax_push.health import HEALTHY_BODY, check_health, unhealthy_body
 from redis_ajax_push.protocol import TaskKeys, parse_task_json
-from redis_ajax_push.signing import TaskIdSigner, redact
+from redis_ajax_push.signing import redact, signer_for
 from redis_ajax_push.subscriber import SubscriberPool
 from redis_ajax_push.task_id import TaskIdValidator
 from redis_ajax_push.watching import WatchHandler
@@ -65,11 +65,8 @@ class TaskResource:
         self._pool = pool
         self._reactor = reactor
         self._keys = TaskKeys(config.redis.prefix)
-        task_id_secrets = config.security.task_id_secrets
         self._validator = TaskIdValidator(
-            config.task_id.pattern,
-            config.task_id.max_length,
-            TaskIdSigner(task_id_secrets) if task_id_secrets else None,
+            config.task_id.pattern, config.task_id.max_length, signer_for(config)
         )
         self._legacy_status_codes = config.http.legacy_status_codes
         self._health_timeout = config.redis.command_timeout

@@ -16,6 +16,10 @@ import hmac
 import re
 import secrets
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from redis_ajax_push.config import Config
 
 TAG_BYTES = 16
 TAG_LENGTH = 26  # len(base32(16 bytes)) without the "======" padding
@@ -85,6 +89,15 @@ class TaskIdSigner:
         characters, then the tag.
         """
         return self.sign(mint_unsigned())
+
+
+def signer_for(config: Config) -> TaskIdSigner | None:
+    """
+    Return the signer for a daemon config, or C{None} when it sets no
+    secrets and ids are not signed.
+    """
+    task_id_secrets = config.security.task_id_secrets
+    return TaskIdSigner(task_id_secrets) if task_id_secrets else None
 
 
 def mint_unsigned() -> str:

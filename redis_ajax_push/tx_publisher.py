@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from redis_ajax_push.commands import redis_endpoint, redis_factory
 from redis_ajax_push.config import Config, TaskIdConfig
 from redis_ajax_push.redis_url import parse_redis_url
-from redis_ajax_push.signing import TaskIdSigner
+from redis_ajax_push.signing import TaskIdSigner, signer_for
 from redis_ajax_push.task_update import (
     SET_AND_PUBLISH,
     PublishError,
@@ -101,14 +101,13 @@ class TxTaskPublisher:
         Return a publisher that follows a daemon's config: its prefix, its
         task id rule and, when it has secrets, signed ids only.
         """
-        task_id_secrets = config.security.task_id_secrets
         return cls(
             redis_connection,
             config.redis.prefix,
             ttl,
             inline,
             task_id_rule=config.task_id,
-            signer=TaskIdSigner(task_id_secrets) if task_id_secrets else None,
+            signer=signer_for(config),
         )
 
     @property
