@@ -7,6 +7,7 @@ in-process daemons listening on port 0.
 from __future__ import annotations
 
 import dataclasses
+import gc
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 import pytest_twisted
 import redis
 from twisted.internet import reactor
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from redis_ajax_push.config import Config, load_config
 from redis_ajax_push.service import RapsService
@@ -57,6 +59,13 @@ class Daemon:
     def url(self, path: str) -> str:
         return self.base_url + path
 
+    @property
+    def port(self) -> int:
+        """
+        The TCP port the daemon listens on, for raw socket clients.
+        """
+        return int(self.base_url.rsplit(":", 1)[1])
+
 
 def make_config(redis_server: RedisServer, **sections: dict[str, Any]) -> Config:
     """
@@ -98,3 +107,78 @@ async def daemon(start_daemon: Any) -> AsyncIterator[Daemon]:
     One in-process daemon with the default config.
     """
     yield await start_daemon()
+
+
+class ErrorLog:
+    """
+    The error events logged during one test: failures, legacy C{log.err}
+    calls, events at level error or critical, and any text containing
+    "Unhandled error".
+    """
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def observe(self, event: dict[str, Any]) -> None:
+        level = event.get("log_level")
+        if (
+            event.get("log_failure") is not None
+            or event.get("isError")
+            or level in (LogLevel.error, LogLevel.critical)
+            or "Unhandled error" in formatEvent(event)
+        ):
+            self.events.append(event)
+
+    def messages(self) -> list[str]:
+        """
+        Collect garbage first, so that Deferreds dropped with a failure log
+        "Unhandled error in Deferred", then return every error event as text
+        with its traceback.
+        """
+        gc.collect()
+        texts = []
+        for event in self.events:
+            text = formatEvent(event)
+            failure = event.get("log_failure")
+            if failure is not None:
+                text += "\n" + failure.getTraceback()
+            texts.append(text)
+        return texts
+
+    def release_frames(self) -> None:
+        """
+        Drop the tracebacks of the logged failures.
+
+        The suite never calls C{globalLogBeginner.beginLoggingTo}, so
+        Twisted keeps up to 65536 early events in a history buffer for the
+        whole session. pytest-twisted also turns C{Failure.cleanFailure}
+        into a no-op, so a failure's traceback there would keep the daemon
+        objects of its frames alive for later tests that count them.
+        """
+        for event in self.events:
+            failure = event.get("log_failure")
+            if failure is None:
+                continue
+            failure.tb = None
+            failure.__traceback__ = None
+            error = failure.value
+            seen = set()
+            while error is not None and id(error) not in seen:
+                seen.add(id(error))
+                error.__traceback__ = None
+                error = error.__cause__ or error.__context__
+
+
+@pytest.fixture
+def logged_errors() -> Iterator[ErrorLog]:
+    """
+    An L{ErrorLog} that observes the global Twisted log during the test.
+    """
+    errors = ErrorLog()
+    # Garbage of earlier tests is collected before observing, so that its
+    # "Unhandled error in Deferred" is not counted here.
+    gc.collect()
+    globalLogPublisher.addObserver(errors.observe)
+    yield errors
+    globalLogPublisher.removeObserver(errors.observe)
+    errors.release_frames()
