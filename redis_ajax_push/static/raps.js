@@ -318,6 +318,7 @@ class TaskFollower {
           finish(null);
           return;
         }
+
         if (outcome.error) {
           if (this.reportError(outcome.error, outcome.httpStatus)) {
             finish(null);
@@ -329,11 +330,13 @@ class TaskFollower {
           }
           return;
         }
+
         if (outcome.done) {
           this.emit(this.onDone, outcome.state);
           finish(outcome.state);
           return;
         }
+
         // The task can be read but not streamed, for example through a proxy
         // that rejects event streams or from a raps without ?stream: go on
         // with watch requests.
