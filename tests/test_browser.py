@@ -575,3 +575,30 @@ def test_client_parses_bodies(raps_process, open_demo):
 
     for (body, expected), outcome in zip(PARSE_CASES, outcomes, strict=True):
         assert outcome == expected, body
+
+
+def test_missing_chromium_skips_locally(monkeypatch, tmp_path):
+    """
+    Outside CI, a missing /usr/bin/chromium skips the browser tests with
+    the install command as the reason.
+    """
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", tmp_path / "chromium")
+    monkeypatch.delenv("CI", raising=False)
+
+    with pytest.raises(pytest.skip.Exception) as caught:
+        require_browser()
+
+    assert "apt-get install chromium" in str(caught.value)
+
+
+def test_missing_chromium_fails_in_ci(monkeypatch, tmp_path):
+    """
+    In CI (CI=true), a missing /usr/bin/chromium fails instead of skipping.
+    """
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", tmp_path / "chromium")
+    monkeypatch.setenv("CI", "true")
+
+    with pytest.raises(pytest.fail.Exception) as caught:
+        require_browser()
+
+    assert "is missing" in str(caught.value)
