@@ -84,7 +84,7 @@ def read_response(stream: BinaryIO, method: bytes = b"GET") -> RawResponse | Non
     Read one response from C{stream}, or return C{None} when the server
     closed the connection before a status line.
 
-    A response to C{HEAD} has no body, whatever its headers say.
+    A response to C{HEAD} has no body, whatever its headers state.
     """
     status_line = stream.readline()
     if not status_line:
@@ -146,12 +146,12 @@ def exchange(
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as client:
         try:
             client.sendall(request)
-            stream = client.makefile("rb")
-            for method in methods:
-                response = read_response(stream, method)
-                if response is None:
-                    break
-                responses.append(response)
+            with client.makefile("rb") as stream:
+                for method in methods:
+                    response = read_response(stream, method)
+                    if response is None:
+                        break
+                    responses.append(response)
         except ConnectionResetError:
             pass
     return responses

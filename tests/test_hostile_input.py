@@ -213,11 +213,11 @@ async def test_undecodable_id_no_store(daemon):
 
 BIG_HEADERS = b"".join(b"X-Filler-%d: " % n + b"f" * 6000 + b"\r\n" for n in range(3))
 
-# Requests that Twisted Web rejects on its own before raps receives them. Its
-# HTTPChannel (Twisted 26.10) accepts only printable ASCII without spaces
-# in the request target, HTTP/1.0 and HTTP/1.1, at most 500 headers and at
-# most 16384 bytes of request line and headers together, and it responds to
-# anything else with a bare "400 Bad Request" and closes the connection.
+# Requests that Twisted Web rejects on its own before raps receives them.
+# Its HTTPChannel (Twisted 26.10) accepts only printable ASCII without
+# spaces in the request target, HTTP/1.0 and HTTP/1.1, at most 500 headers
+# and at most 16384 bytes of request line and headers together. It responds
+# to anything else with a bare "400 Bad Request" and closes the connection.
 TWISTED_REJECTS = [
     pytest.param(b"GET /task/a\x01b HTTP/1.1\r\n\r\n", id="raw-control"),
     pytest.param(b"GET /task/abc\x7f HTTP/1.1\r\n\r\n", id="raw-delete"),
@@ -507,8 +507,8 @@ def expect_silence(client, seconds):
 
 
 def read_two(client):
-    stream = client.makefile("rb")
-    return [read_response(stream), read_response(stream)]
+    with client.makefile("rb") as stream:
+        return [read_response(stream), read_response(stream)]
 
 
 @pytest_twisted.ensureDeferred

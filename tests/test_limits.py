@@ -162,9 +162,11 @@ async def read_response_on(client):
     """
     Read the one response on C{client} in a thread and close the socket.
     """
+    stream = client.makefile("rb")
     try:
-        return await threads.deferToThread(read_response, client.makefile("rb"))
+        return await threads.deferToThread(read_response, stream)
     finally:
+        stream.close()
         client.close()
 
 

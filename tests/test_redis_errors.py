@@ -91,8 +91,9 @@ class ErrorReplyFactory(protocol.ServerFactory):
 def error_server():
     """
     A function that starts a fake Redis on 127.0.0.1 and a port the system
-    picks, replying to every command with the given error line; returns its
-    factory and its redis:// URL. Each server is closed after the test.
+    picks, which replies to every command with the given error line. The
+    function returns the server's factory and redis:// URL, and each server
+    is closed after the test.
     """
     ports = []
     factories = []
