@@ -88,6 +88,13 @@ class Watch:
         self._queue: deque[Event] = deque()
         self._waiter: defer.Deferred[Event] | None = None
         self._timers: dict[str, IDelayedCall] = {}
+        # Kills count only once this watch's own kill came back on the
+        # channel: Redis delivers a channel's messages in publish order, so
+        # any kill before that echo was published before this watch's and
+        # comes from an older watch. Without this, a watch joining the
+        # daemon's shared subscription could be ended by an older watch's
+        # kill still in flight.
+        self._kills_armed = False
 
     @property
     def ended(self) -> bool:
@@ -185,7 +192,9 @@ class Watch:
 
         status = document.get("status")
         if status == KILL:
-            if document.get("src") != self.watch_id:
+            if document.get("src") == self.watch_id:
+                self._kills_armed = True
+            elif self._kills_armed:
                 self.end(TaskError(KILLED))
         elif status in (UPDATE, DONE):
             self._push(Message(status, message if "data" in document else None))
@@ -210,4 +219,7 @@ class Watch:
         if self.ended:
             return
         self._cancel_timer("resubscribe")
+        # The echo of our own kill may have been lost with the connection;
+        # every kill from now on was published after it.
+        self._kills_armed = True
         self._push(RECHECK)

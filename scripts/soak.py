@@ -668,8 +668,6 @@ class Driver:
         self.results: collections.Counter[str] = collections.Counter()
         self.problems: list[str] = []
         self.problem_count = 0
-        self.race_count = 0
-        self.race_examples: list[str] = []
 
     def _new_task_id(self) -> str:
         self._task_serial += 1
@@ -868,15 +866,6 @@ class Driver:
             if second is not None:
                 second.close()
 
-        if answer.error_code() == "killed":
-            self._record("killed", "KNOWN RACE: second watch killed by the first")
-            self.race_count += 1
-            if len(self.race_examples) < MAX_REPORTED_PROBLEMS:
-                self.race_examples.append(
-                    f"task {task}: first watch {killed.status} "
-                    f"{killed.content[:60]!r}, second watch {answer.status} killed"
-                )
-            return
         # Once a heartbeat went out the status line is 200, and only the body
         # carries the error.
         if killed.error_code() == "killed" and killed.status in (409, 200):
@@ -1380,16 +1369,6 @@ async def run_waves(
         print(f"  unexpected: {problem}")
     if driver.problem_count > len(driver.problems):
         print(f"  ... and {driver.problem_count - len(driver.problems)} more")
-    if driver.race_count:
-        print(
-            f"known race: in {driver.race_count:,} killed scenarios the second "
-            "watch was ended by the first watch's kill message, still in flight "
-            "when the second watch joined the daemon's shared subscription of "
-            "the channel. This is a raps bug, not a leak, so it does not fail "
-            "the soak. Examples:"
-        )
-        for example in driver.race_examples[:5]:
-            print(f"  {example}")
     print()
 
     failures = verdict(

@@ -374,14 +374,6 @@ async def test_idle_connections_close(start_daemon, redis_client, kill_spy):
     assert live_watches() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "raps bug: a watch that joins a channel the daemon already subscribes "
-        "to receives messages published before it started, so an older "
-        "watch's kill still on its way to the daemon kills the newer watch"
-    ),
-)
 @pytest_twisted.ensureDeferred
 async def test_late_kill_spares_newer(
     start_daemon, redis_client, kill_spy, monkeypatch
@@ -391,8 +383,7 @@ async def test_late_kill_spares_newer(
     second watch of the task started, does not end the second watch.
     """
     # Holding every channel message back for 0.3 s simulates a daemon
-    # that reads its subscriber connection late. scripts/soak.py hits the
-    # same race without any delay, in many of its killed scenarios.
+    # that reads its subscriber connection late.
     deliver = SubscriberConnection.message_received
 
     def deliver_late(connection, channel, message):
