@@ -13,7 +13,7 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
-from redis_ajax_push.errors import REDIS_ERROR, REDIS_UNAVAILABLE, TaskError
+from redis_ajax_push.errors import REDIS_ERROR, REDIS_UNAVAILABLE, ErrorKind, TaskError
 from redis_ajax_push.redis_url import RedisURL
 from redis_ajax_push.signing import redact
 
@@ -30,6 +30,16 @@ RECONNECT_MAX_DELAY = 5
 # Error replies that mean "not now" rather than "never": Redis is loading its
 # dataset, a replica lost its master, or a script blocks the server.
 TRANSIENT_ERRORS = ("LOADING", "MASTERDOWN", "TRYAGAIN", "BUSY", "CLUSTERDOWN")
+
+
+def reply_error_kind(error: Exception) -> ErrorKind:
+    """
+    Return the client error for a Redis error reply: L{REDIS_UNAVAILABLE}
+    for a transient one, L{REDIS_ERROR} for the rest.
+    """
+    if str(error).startswith(TRANSIENT_ERRORS):
+        return REDIS_UNAVAILABLE
+    return REDIS_ERROR
 
 
 def redis_endpoint(reactor: Any, url: RedisURL) -> IStreamClientEndpoint:
@@ -149,9 +159,7 @@ class CommandConnection:
                 target=redact(target),
                 error=str(error),
             )
-            if str(error).startswith(TRANSIENT_ERRORS):
-                raise TaskError(REDIS_UNAVAILABLE, str(error)) from None
-            raise TaskError(REDIS_ERROR, str(error)) from None
+            raise TaskError(reply_error_kind(error), str(error)) from None
         except txredisapi.ConnectionError as error:
             raise TaskError(REDIS_UNAVAILABLE, f"{name}: {error}") from None
         except defer.TimeoutError:

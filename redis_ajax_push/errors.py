@@ -51,6 +51,9 @@ TOO_MANY_WATCHES = ErrorKind(
     "too_many_watches", "Too many open watches from this client", 429
 )
 SHUTTING_DOWN = ErrorKind("shutting_down", "The server is shutting down", 503)
+REQUEST_TOO_LARGE = ErrorKind(
+    "request_too_large", "Request line or header field is too long", 431
+)
 METHOD_NOT_ALLOWED = ErrorKind("method_not_allowed", "Method not allowed", 405)
 NO_SUCH_PATH = ErrorKind("not_found", "Not Found", 404)
 

@@ -45,6 +45,12 @@ class TaskKeys:
         return f"{self.prefix}SC_{task_id}"
 
 
+def _reject_constant(name: str) -> None:
+    # Python's json module accepts NaN and Infinity, which are not JSON
+    # (RFC 8259): a browser's JSON.parse would fail on the relayed bytes.
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_task_json(raw: bytes) -> dict[str, Any]:
     """
     Decode a data key value or channel message, which must be a UTF-8 JSON
@@ -54,11 +60,13 @@ def parse_task_json(raw: bytes) -> dict[str, Any]:
         are not UTF-8, truncated JSON, or JSON that is not an object.
     """
     try:
-        document = json.loads(raw.decode("utf-8"))
+        document = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise TaskError(INVALID_TASK_DATA, "not UTF-8") from None
     except ValueError:
         raise TaskError(INVALID_TASK_DATA, "not valid JSON") from None
+    except RecursionError:
+        raise TaskError(INVALID_TASK_DATA, "nested too deeply") from None
     if not isinstance(document, dict):
         raise TaskError(
             INVALID_TASK_DATA, f"JSON {type(document).__name__}, not an object"

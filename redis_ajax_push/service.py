@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import combinedLogFormatter
 from twisted.web.server import Site
 
+from redis_ajax_push.channel import RapsSite
 from redis_ajax_push.commands import CommandConnection
 from redis_ajax_push.config import Config
 from redis_ajax_push.resource import TaskResource
@@ -147,7 +148,7 @@ class RapsService(MultiService):
         self.redis = RedisService(config, reactor)
         self.redis.setServiceParent(self)
         self.tasks = TaskResource(config, self.redis.commands, self.redis.pool, reactor)
-        site = Site(self.tasks.resource(), logFormatter=_redacted_access_line)
+        site = RapsSite(self.tasks.resource(), logFormatter=_redacted_access_line)
         self.http = HTTPService(config.http.listen, site, reactor)
         self.http.setServiceParent(self)
 

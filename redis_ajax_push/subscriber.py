@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from redis_ajax_push.commands import redis_endpoint, redis_factory
+from redis_ajax_push.commands import redis_endpoint, redis_factory, reply_error_kind
 from redis_ajax_push.errors import REDIS_UNAVAILABLE, TaskError
 from redis_ajax_push.redis_url import RedisURL
 from redis_ajax_push.signing import redact
@@ -210,7 +210,12 @@ class SubscriberConnection:
                     channel=redact(channel.name),
                     error=failure.getErrorMessage(),
                 )
-            channel.fail_waiting(TaskError(REDIS_UNAVAILABLE, "SUBSCRIBE failed"))
+            # An error reply such as NOPERM is a refusal rather than an outage,
+            # unless it is a transient one such as LOADING.
+            kind = REDIS_UNAVAILABLE
+            if failure.check(txredisapi.ResponseError):
+                kind = reply_error_kind(failure.value)
+            channel.fail_waiting(TaskError(kind, "SUBSCRIBE failed"))
 
         subscribing = defer.maybeDeferred(protocol.subscribe, channel.name)
         subscribing.addCallbacks(confirmed, failed)
@@ -250,7 +255,15 @@ class SubscriberConnection:
         if channel is None or not channel.confirmed:
             return
         for listener in list(channel.listeners):
-            listener.message_received(message)
+            # One listener's bug must not kill the connection, and with it
+            # every other channel on it.
+            try:
+                listener.message_received(message)
+            except Exception:
+                self.log.failure(
+                    "Listener of {channel} failed on a message",
+                    channel=redact(channel.name),
+                )
 
     def close(self) -> defer.Deferred[None]:
         """

@@ -7,6 +7,7 @@ should not, and leaves the daemon serving.
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -271,39 +272,21 @@ OVERLONG_LINES = [
 
 @pytest.mark.parametrize("request_bytes", OVERLONG_LINES)
 @pytest_twisted.ensureDeferred
-async def test_overlong_line_closed(daemon, redis_client, request_bytes):
+async def test_overlong_line_gets_4xx(daemon, redis_client, request_bytes):
     """
-    A request line or header line over Twisted's 16384-byte line limit is
-    cut off by Twisted: the connection closes at once without a response
-    (so without a 500) and without a Redis command, and the daemon keeps
-    serving.
+    A request line or header line over Twisted's 16384-byte line limit gets
+    431 request_too_large as JSON, sends no Redis command, and the daemon
+    keeps serving.
     """
     before = data_commands(redis_client)
 
     responses = await send_raw(daemon.port, request_bytes, timeout=5)
 
-    assert responses == []
+    assert len(responses) == 1
+    assert responses[0].status == 431
+    assert json.loads(responses[0].body)["error"] == "request_too_large"
     assert data_commands(redis_client) == before
     await assert_still_serving(daemon, redis_client)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="Twisted closes the connection without a response for a line "
-    "over 16384 bytes (LineReceiver.lineLengthExceeded), and raps does not "
-    "override it to respond with 414 or 431",
-)
-@pytest.mark.parametrize("request_bytes", OVERLONG_LINES)
-@pytest_twisted.ensureDeferred
-async def test_overlong_line_gets_4xx(daemon, request_bytes):
-    """
-    A request line or header line over Twisted's line limit gets an HTTP
-    4xx response, so that the client learns why it failed.
-    """
-    responses = await send_raw(daemon.port, request_bytes, timeout=5)
-
-    assert len(responses) == 1
-    assert 400 <= responses[0].status < 500
 
 
 BAD_PAYLOADS = [
@@ -347,12 +330,6 @@ async def test_bad_stored_value_rejected(daemon, redis_client, stored, query):
     await assert_still_serving(daemon, redis_client)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_task_json uses json.loads, which accepts NaN, Infinity "
-    "and -Infinity; they are not JSON (RFC 8259) and JSON.parse in the "
-    "browser rejects the relayed bytes",
-)
 @pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
 @pytest_twisted.ensureDeferred
 async def test_non_json_constant_rejected(daemon, redis_client, constant):
@@ -374,12 +351,6 @@ async def test_non_json_constant_rejected(daemon, redis_client, constant):
 DEEP = b"[" * 5000 + b"]" * 5000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="json.loads raises RecursionError, not ValueError, for deeply "
-    "nested JSON; parse_task_json lets it through and the request gets "
-    "500 internal_error with a logged traceback",
-)
 @pytest.mark.parametrize("query", ["", "?watch"])
 @pytest_twisted.ensureDeferred
 async def test_deeply_nested_value_rejected(daemon, redis_client, logged_errors, query):
@@ -461,13 +432,6 @@ async def test_bad_messages_ignored(daemon, redis_client, ignored_message_log):
     await assert_still_serving(daemon, redis_client)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a deeply nested channel message raises RecursionError inside "
-    "the subscriber protocol's dataReceived: Twisted logs an unhandled "
-    "error and drops the subscriber connection, and the done published "
-    "next is lost",
-)
 @pytest_twisted.ensureDeferred
 async def test_deep_message_ignored(daemon, redis_client, logged_errors):
     """
