@@ -1,6 +1,6 @@
 """
 The health check behind C{GET /healthz}: every Redis connection the daemon
-relies on must be up and answer a PING in time.
+relies on must be up and respond to a PING in time.
 """
 
 from __future__ import annotations

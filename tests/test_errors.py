@@ -1,5 +1,5 @@
 """
-Error answers: every error case with its code and HTTP status, against a
+Error responses: every error case with its code and HTTP status, against a
 real redis-server.
 """
 
@@ -46,7 +46,7 @@ async def get_json(url):
 @pytest_twisted.ensureDeferred
 async def test_invalid_id_rejected(daemon, redis_client, task_id, query):
     """
-    A task id outside the pattern or too long answers 400 invalid_task_id
+    A task id outside the pattern or too long gets 400 invalid_task_id
     before any Redis command is sent.
     """
     before = data_commands(redis_client)
@@ -76,7 +76,7 @@ async def test_longest_valid_id_accepted(daemon, redis_client):
 @pytest_twisted.ensureDeferred
 async def test_empty_or_undecodable_id(daemon, path):
     """
-    An empty task id, or one whose bytes are not UTF-8, answers 400
+    An empty task id, or one whose bytes are not UTF-8, gets 400
     invalid_task_id as JSON.
     """
     code, body = await get_json(daemon.url(path))

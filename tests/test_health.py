@@ -23,7 +23,7 @@ async def health(daemon):
 @pytest_twisted.ensureDeferred
 async def test_healthy_daemon_answers_200(daemon, redis_client):
     """
-    With Redis up, /healthz answers 200 and probes the subscriber pool even
+    With Redis up, /healthz responds 200 and probes the subscriber pool even
     when no watch is open, leaving no channel behind.
     """
     code, body = await health(daemon)
@@ -36,7 +36,7 @@ async def test_healthy_daemon_answers_200(daemon, redis_client):
 @pytest_twisted.ensureDeferred
 async def test_redis_down_is_unhealthy(start_daemon, redis_server):
     """
-    With Redis stopped, /healthz answers 503 naming the command connection
+    With Redis stopped, /healthz responds 503 naming the command connection
     and the subscriber pool.
     """
     daemon = await start_daemon(redis={"command_timeout": 0.3})

@@ -19,7 +19,7 @@ RUNNING = b'{"status": "running"}'
 @pytest_twisted.ensureDeferred
 async def test_poll_fails_fast_without_redis(start_daemon, redis_server):
     """
-    With Redis stopped, a poll answers 503 redis_unavailable within the
+    With Redis stopped, a poll gets 503 redis_unavailable within the
     command timeout instead of waiting for Redis to come back.
     """
     daemon = await start_daemon(redis={"command_timeout": 0.5})
@@ -38,7 +38,7 @@ async def test_poll_fails_fast_without_redis(start_daemon, redis_server):
 @pytest_twisted.ensureDeferred
 async def test_watch_fails_fast_without_redis(start_daemon, redis_server):
     """
-    With Redis stopped, a watch answers 503 redis_unavailable once the
+    With Redis stopped, a watch gets 503 redis_unavailable once the
     subscription is not confirmed within the command timeout.
     """
     daemon = await start_daemon(redis={"command_timeout": 0.5})

@@ -1,6 +1,6 @@
 """
 Watch mode against a real redis-server: what ends a watch and what it
-answers.
+returns.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def spy(redis_client):
 
 class PendingRequest:
     """
-    An HTTP request in flight: C{done} tells whether its response has
+    An HTTP request in flight: C{done} is true once its response has
     arrived, and awaiting it returns the response.
     """
 
@@ -78,7 +78,7 @@ async def body_json(response):
 @pytest_twisted.ensureDeferred
 async def test_watch_done_returns_at_once(daemon, redis_client):
     """
-    A watch of a task whose data key says done returns it without waiting,
+    A watch of a task whose data key has status done returns it without waiting,
     and leaves no subscription behind.
     """
     stored = b'{"status": "done", "result": 7}'
@@ -97,7 +97,7 @@ async def test_watch_done_returns_at_once(daemon, redis_client):
 @pytest_twisted.ensureDeferred
 async def test_watch_missing_task_not_found(daemon, redis_client):
     """
-    A watch of a task with no data key answers 404 not_found.
+    A watch of a task with no data key gets 404 not_found.
     """
     response = await watch(daemon, "nothing")
 
