@@ -9,11 +9,16 @@ from typing import Any, TypeVar
 
 import txredisapi
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    UNIXClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
 from redis_ajax_push.errors import REDIS_ERROR, REDIS_UNAVAILABLE, ErrorKind, TaskError
+from redis_ajax_push.redis_tls import client_tls_options
 from redis_ajax_push.redis_url import RedisURL
 from redis_ajax_push.signing import redact
 
@@ -44,13 +49,18 @@ def reply_error_kind(error: Exception) -> ErrorKind:
 
 def redis_endpoint(reactor: Any, url: RedisURL) -> IStreamClientEndpoint:
     """
-    Build the client endpoint for C{url}.
+    Build the client endpoint for C{url}: a unix socket, or TCP with TLS on
+    top for rediss://, where the server certificate must match the URL's
+    host.
     """
     if url.path is not None:
         return UNIXClientEndpoint(reactor, url.path, timeout=CONNECT_TIMEOUT)
     # parse_redis_url sets exactly one of path and host.
     assert url.host is not None
-    return HostnameEndpoint(reactor, url.host, url.port, timeout=CONNECT_TIMEOUT)
+    endpoint = HostnameEndpoint(reactor, url.host, url.port, timeout=CONNECT_TIMEOUT)
+    if url.tls:
+        return wrapClientTLS(client_tls_options(url.host, url), endpoint)
+    return endpoint
 
 
 def redis_factory(

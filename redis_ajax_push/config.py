@@ -178,7 +178,9 @@ def _parse_redis(table: dict[str, Any]) -> RedisConfig:
         number,
         default.subscriber_idle_timeout,
     )
+    connection = _take_connection_options(table)
     _reject_unknown(table, "redis")
+    url = _with_connection_options("redis.url", url, connection)
 
     if not prefix or any(ch.isspace() for ch in prefix):
         raise ConfigError("redis.prefix: must be non-empty and contain no whitespace")
@@ -332,6 +334,108 @@ def _parse_security(table: dict[str, Any]) -> SecurityConfig:
     return SecurityConfig(task_id_secrets=tuple(loaded))
 
 
+_CONNECTION_KEYS = ("tls_ca", "tls_cert", "tls_key", "sentinels", "sentinel_service")
+
+
+def _take_connection_options(table: dict[str, Any]) -> dict[str, Any]:
+    """
+    Take the [redis] keys that RedisURL carries beside the URL itself: the
+    TLS files and the Sentinel settings.
+    """
+    options: dict[str, Any] = {}
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        path = _take(table, "redis", key, str, None)
+        if path is not None:
+            _check_readable_file(f"redis.{key}", path)
+        options[key] = path
+    entries = _take(table, "redis", "sentinels", list, [])
+    options["sentinels"] = tuple(
+        _parse_sentinel_address(f"redis.sentinels[{index}]", entry)
+        for index, entry in enumerate(entries)
+    )
+    service = _take(table, "redis", "sentinel_service", str, None)
+    if service is not None and (not service or any(ch.isspace() for ch in service)):
+        raise ConfigError(
+            "redis.sentinel_service: must be a non-empty master name without "
+            "whitespace, such as mymaster"
+        )
+    options["sentinel_service"] = service
+    return options
+
+
+def _check_readable_file(key: str, path: str) -> None:
+    try:
+        with Path(path).open("rb") as pem_file:
+            pem_file.read(1)
+    except OSError as error:
+        raise ConfigError(f"{key}: cannot read {path}: {error.strerror}") from None
+
+
+def _parse_sentinel_address(key: str, entry: Any) -> tuple[str, int]:
+    _check_type(key, entry, str)
+    example = 'use "host:port", such as "127.0.0.1:26380" or "[::1]:26380"'
+    host, separator, port_text = entry.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not separator or not host or ":" in host and not entry.startswith("["):
+        raise ConfigError(f"{key}: {entry!r} is not a Sentinel address; {example}")
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise ConfigError(f"{key}: {entry!r} has an invalid port; {example}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{key}: {entry!r} has an invalid port; use 1 to 65535")
+    return host, port
+
+
+def _with_connection_options(
+    key: str, url: RedisURL, options: dict[str, Any]
+) -> RedisURL:
+    """
+    Attach the TLS files and Sentinel settings to C{url}, checking that they
+    fit its scheme and each other. C{key} names the URL's source in errors.
+    """
+    url = replace(url, **options)
+    if (url.tls_ca or url.tls_cert or url.tls_key) and not url.tls:
+        raise ConfigError(
+            f"{key}: redis.tls_ca, redis.tls_cert and redis.tls_key need a "
+            "rediss:// URL; change the scheme or remove those keys"
+        )
+    if (url.tls_cert is None) != (url.tls_key is None):
+        raise ConfigError(
+            "redis.tls_cert and redis.tls_key: set both for a client "
+            "certificate, or neither"
+        )
+    if url.tls:
+        _check_tls_files(url)
+    if bool(url.sentinels) != (url.sentinel_service is not None):
+        raise ConfigError(
+            "redis.sentinels and redis.sentinel_service: set both to find the "
+            "master through Sentinel, or neither"
+        )
+    if url.sentinels and url.path is not None:
+        raise ConfigError(
+            f"{key}: Sentinel needs a redis:// or rediss:// URL, which gives "
+            "the database, credentials and TLS; its host is not used"
+        )
+    return url
+
+
+def _check_tls_files(url: RedisURL) -> None:
+    # Imported here: the module pulls in pyOpenSSL, which only TLS needs.
+    from redis_ajax_push.redis_tls import client_tls_options
+
+    try:
+        client_tls_options("localhost", url)
+    # pyOpenSSL raises its own Error for a bad PEM file or a key that does
+    # not match its certificate.
+    except Exception as error:
+        raise ConfigError(
+            "redis.tls_ca, redis.tls_cert, redis.tls_key: cannot load the TLS "
+            f"files ({error}); give PEM files, and a key that matches the "
+            "certificate"
+        ) from None
+
+
 def _checked_url(key: str, text: str) -> RedisURL:
     try:
         return parse_redis_url(text)
@@ -420,5 +524,8 @@ def load_config(
         config = replace(config, http=replace(config.http, listen=listen))
     if redis_url is not None:
         url = _checked_url("--redis", redis_url)
+        old_url = config.redis.url
+        options = {key: getattr(old_url, key) for key in _CONNECTION_KEYS}
+        url = _with_connection_options("--redis", url, options)
         config = replace(config, redis=replace(config.redis, url=url))
     return config

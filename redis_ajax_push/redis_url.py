@@ -1,6 +1,7 @@
 """
-Redis server addresses given as URLs: C{redis://[[user]:password@]host[:port][/db]}
-and C{unix://[[user]:password@]/path/to/socket[?db=N]}.
+Redis server addresses given as URLs: C{redis://[[user]:password@]host[:port][/db]},
+C{rediss://} for the same over TLS, and
+C{unix://[[user]:password@]/path/to/socket[?db=N]}.
 """
 
 from __future__ import annotations
@@ -27,13 +28,34 @@ class RedisURL:
     db: int = 0
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    # rediss:// sets tls. The files are PEM paths from the [redis] config
+    # keys tls_ca, tls_cert and tls_key: None trusts the system's CAs and
+    # sends no client certificate.
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # With sentinels set, the master's address comes from these Sentinels
+    # and host and port are not used; db, credentials and TLS still apply.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_service: str | None = None
 
     def __str__(self) -> str:
         # Credentials are left out: this text goes into logs.
         if self.path is not None:
             return f"unix://{self.path}?db={self.db}"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"redis://{host}:{self.port}/{self.db}"
+        scheme = "rediss" if self.tls else "redis"
+        if self.sentinels:
+            addresses = ", ".join(_host_port(*address) for address in self.sentinels)
+            return (
+                f"master {self.sentinel_service} of Sentinels {addresses} "
+                f"({scheme}, db {self.db})"
+            )
+        return f"{scheme}://{_host_port(self.host or '', self.port)}/{self.db}"
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _parse_db(text: str) -> int:
@@ -45,7 +67,7 @@ def _parse_db(text: str) -> int:
 
 def parse_redis_url(text: str) -> RedisURL:
     """
-    Parse a C{redis://} or C{unix://} URL.
+    Parse a C{redis://}, C{rediss://} or C{unix://} URL.
 
     @raise RedisURLError: for another scheme, a missing host or path, a bad
         port or a bad database number.
@@ -68,10 +90,10 @@ def parse_redis_url(text: str) -> RedisURL:
             password=password,
         )
 
-    if parts.scheme != "redis":
+    if parts.scheme not in ("redis", "rediss"):
         raise RedisURLError(
-            f"{text!r} has an unsupported scheme; use redis://host:port/db "
-            "or unix:///path/to/socket"
+            f"{text!r} has an unsupported scheme; use redis://host:port/db, "
+            "rediss://host:port/db (TLS) or unix:///path/to/socket"
         )
     if not parts.hostname:
         raise RedisURLError(f"{text!r} has no host, as in redis://127.0.0.1:6379/0")
@@ -95,4 +117,5 @@ def parse_redis_url(text: str) -> RedisURL:
         db=_parse_db(db_text) if db_text else 0,
         username=username,
         password=password,
+        tls=parts.scheme == "rediss",
     )

@@ -113,7 +113,8 @@ def test_parse_unix_credentials():
     ("text", "fragment"),
     [
         pytest.param("http://127.0.0.1:6380/0", "unsupported scheme", id="http"),
-        pytest.param("rediss://127.0.0.1:6380/0", "unsupported scheme", id="tls"),
+        pytest.param("rediss://", "no host", id="tls-no-host"),
+        pytest.param("rediss://127.0.0.1/0?ca=x", "query string", id="tls-query"),
         pytest.param("127.0.0.1:6380", "unsupported scheme", id="no-scheme"),
         pytest.param("", "unsupported scheme", id="empty"),
         pytest.param("redis://", "no host", id="no-host"),
@@ -150,6 +151,7 @@ def test_parse_invalid_url(text, fragment):
         "redis://app:s3cret-pw@127.0.0.1:6380/1",
         "redis://:s3cret-pw@127.0.0.1:6380/1",
         "redis://app:s3cret-pw@[::1]:6380/1",
+        "rediss://app:s3cret-pw@127.0.0.1:6380/1",
         "unix://app:s3cret-pw@/run/redis/redis.sock?db=2",
     ],
 )
@@ -203,3 +205,25 @@ def test_repr_omits_password():
     url = parse_redis_url("redis://app:s3cret@127.0.0.1:6380/0")
 
     assert "s3cret" not in repr(url)
+
+
+def test_parse_tls_url():
+    """
+    A rediss:// URL sets tls and otherwise parses like a redis:// one.
+    """
+    url = parse_redis_url("rediss://app:s3cret@127.0.0.1:6380/3")
+
+    assert url.tls is True
+    assert url.host == "127.0.0.1"
+    assert url.port == 6380
+    assert url.db == 3
+    assert url.username == "app"
+    assert url.password == "s3cret"
+    assert str(url) == "rediss://127.0.0.1:6380/3"
+
+
+def test_plain_url_without_tls():
+    """
+    A redis:// URL leaves tls off.
+    """
+    assert parse_redis_url("redis://127.0.0.1:6380/0").tls is False
