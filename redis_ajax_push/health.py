@@ -24,17 +24,10 @@ async def _ping_subscribers(
     """
     PING every subscriber connection and return the problems found.
 
-    With no subscriber connection open, a probe channel is subscribed and
-    released, so that a pool unable to subscribe is found before a watch
-    needs it.
+    When all answer, a probe channel is also subscribed and released, so
+    that a pool that cannot subscribe (an ACL refusal, say) is found even
+    while its connections answer PING.
     """
-    if not pool.connections:
-        try:
-            await pool.probe()
-        except TaskError as error:
-            return [f"subscriber pool: {error.detail or error.kind.message}"]
-        return []
-
     problems = []
     for index, connection in enumerate(list(pool.connections)):
         if connection.protocol is None:
@@ -46,6 +39,13 @@ async def _ping_subscribers(
             await ping
         except Exception as error:
             problems.append(f"subscriber connection {index}: PING failed ({error})")
+    if problems:
+        return problems
+
+    try:
+        await pool.probe()
+    except TaskError as error:
+        problems.append(f"subscriber pool: {error.detail or error.kind.message}")
     return problems
 
 

@@ -215,7 +215,8 @@ class SubscriberConnection:
             kind = REDIS_UNAVAILABLE
             if failure.check(txredisapi.ResponseError):
                 kind = reply_error_kind(failure.value)
-            channel.fail_waiting(TaskError(kind, "SUBSCRIBE failed"))
+            detail = f"SUBSCRIBE failed: {failure.getErrorMessage()}"
+            channel.fail_waiting(TaskError(kind, detail))
 
         subscribing = defer.maybeDeferred(protocol.subscribe, channel.name)
         subscribing.addCallbacks(confirmed, failed)

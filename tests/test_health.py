@@ -10,6 +10,7 @@ import json
 import pytest_twisted
 import treq
 
+from redis_ajax_push.redis_url import parse_redis_url
 from tests.support import wait_until
 
 RUNNING = b'{"status": "running"}'
@@ -76,3 +77,37 @@ async def test_lost_subscriber_is_unhealthy(daemon, redis_client):
     assert code == 200
     redis_client.publish("RA_SC_h1", b'{"status": "done"}')
     await (await watch).content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_subscribe_is_unhealthy(start_daemon, redis_server, redis_client):
+    """
+    A Redis user without channel permissions makes every /healthz answer
+    503 with the Redis refusal, the second one too, when the first probe's
+    connection is still open and answers PING.
+    """
+    redis_client.acl_setuser(
+        "nochannels",
+        enabled=True,
+        passwords=["+healthcheck-password"],
+        keys=["*"],
+        commands=["+@all"],
+        reset_channels=True,
+    )
+    try:
+        url = (
+            f"redis://nochannels:healthcheck-password@{redis_server.host}:"
+            f"{redis_server.port}/0"
+        )
+        daemon = await start_daemon(redis={"url": parse_redis_url(url)})
+
+        first, first_body = await health(daemon)
+        second, second_body = await health(daemon)
+    finally:
+        redis_client.acl_deluser("nochannels")
+
+    assert first == 503
+    assert second == 503
+    assert "NOPERM" in first_body["error_message"]
+    assert "NOPERM" in second_body["error_message"]
+    assert len(daemon.service.redis.pool.connections) == 1
