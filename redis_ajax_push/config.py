@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis_ajax_push.redis_url import RedisURL, RedisURLError, parse_redis_url
 
@@ -31,6 +32,9 @@ class HTTPConfig:
     legacy_status_codes: bool = False
     serve_client: bool = True
     demo: bool = False
+    # Exact origins ("https://app.example.com") whose pages may read the
+    # responses; "*" allows every origin.
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,7 @@ def _parse_http(table: dict[str, Any]) -> HTTPConfig:
     )
     serve_client = _take(table, "http", "serve_client", bool, default.serve_client)
     demo = _take(table, "http", "demo", bool, default.demo)
+    cors_origins = _take(table, "http", "cors_origins", list, [])
     _reject_unknown(table, "http")
     if demo and not serve_client:
         raise ConfigError(
@@ -152,7 +157,45 @@ def _parse_http(table: dict[str, Any]) -> HTTPConfig:
         legacy_status_codes=legacy,
         serve_client=serve_client,
         demo=demo,
+        cors_origins=_checked_origins(cors_origins),
     )
+
+
+# scheme://host[:port] as a browser sends it in the Origin header: no user
+# info, path, query or trailing slash.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^\s/?#@\\]+", re.ASCII)
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _checked_origins(entries: list[Any]) -> tuple[str, ...]:
+    origins = []
+    for index, entry in enumerate(entries):
+        key = f"http.cors_origins[{index}]"
+        _check_type(key, entry, str)
+        if entry != "*" and not _is_origin(entry):
+            raise ConfigError(
+                f"{key}: {entry!r} is not an origin; write lowercase "
+                "scheme://host[:port] with no path and no default port, like "
+                '"https://app.example.com", or "*" for every origin'
+            )
+        origins.append(entry)
+    return tuple(origins)
+
+
+def _is_origin(text: str) -> bool:
+    # Browsers send the host in lowercase and leave out a default port, so
+    # an entry written otherwise would never match an Origin header.
+    if not _ORIGIN.fullmatch(text) or text != text.lower() or text.endswith(":"):
+        return False
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    if not parts.hostname:
+        return False
+    return port is None or port != _DEFAULT_PORTS.get(parts.scheme)
 
 
 def _parse_redis(table: dict[str, Any]) -> RedisConfig:

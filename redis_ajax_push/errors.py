@@ -56,6 +56,9 @@ REQUEST_TOO_LARGE = ErrorKind(
 )
 METHOD_NOT_ALLOWED = ErrorKind("method_not_allowed", "Method not allowed", 405)
 NO_SUCH_PATH = ErrorKind("not_found", "Not Found", 404)
+CORS_REJECTED = ErrorKind(
+    "cors_rejected", "Origin is not in the http.cors_origins list", 403
+)
 
 
 class TaskError(Exception):

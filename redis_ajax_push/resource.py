@@ -24,7 +24,9 @@ from werkzeug.routing import RequestRedirect
 from redis_ajax_push.client_files import StaticFile, client_file, demo_file
 from redis_ajax_push.commands import CommandConnection
 from redis_ajax_push.config import Config
+from redis_ajax_push.cors import CORSPolicy
 from redis_ajax_push.errors import (
+    CORS_REJECTED,
     INVALID_MODE,
     INVALID_TASK_ID,
     METHOD_NOT_ALLOWED,
@@ -77,12 +79,15 @@ class TaskResource:
             client_file() if config.http.serve_client else None
         )
         self._demo: StaticFile | None = demo_file() if config.http.demo else None
+        self._cors = CORSPolicy(config.http.cors_origins)
 
     def resource(self) -> Resource:
         """
         Return the Twisted Web resource to serve.
         """
-        return _UTF8PathGuard(self.app.resource(), self._legacy_status_codes)
+        return _UTF8PathGuard(
+            self.app.resource(), self._legacy_status_codes, self._cors
+        )
 
     # These routes take every method, so that a file switched off in the
     # config gets not_found for any method, like an unknown path.
@@ -212,12 +217,22 @@ class _UTF8PathGuard(Resource):
 
     isLeaf = True
 
-    def __init__(self, wrapped: Resource, legacy_status_codes: bool) -> None:
+    def __init__(
+        self, wrapped: Resource, legacy_status_codes: bool, cors: CORSPolicy
+    ) -> None:
         super().__init__()
         self._wrapped = wrapped
         self._legacy_status_codes = legacy_status_codes
+        self._cors = cors
 
     def render(self, request: Request) -> Any:
+        # Every response passes here before anything is written, so the CORS
+        # headers reach errors and streamed responses too.
+        self._cors.add_response_headers(request)
+        on_task_path = request.path == b"/task" or request.path.startswith(b"/task/")
+        # With CORS off, OPTIONS stays a method_not_allowed error.
+        if request.method == b"OPTIONS" and on_task_path and self._cors.enabled:
+            return self._options(request)
         try:
             b"/".join(request.postpath or []).decode("utf-8")
         except UnicodeDecodeError:
@@ -230,3 +245,20 @@ class _UTF8PathGuard(Resource):
             )
             return kind.body
         return self._wrapped.render(request)
+
+    def _options(self, request: Request) -> bytes:
+        """
+        Respond to an C{OPTIONS} request (a CORS preflight) on C{/task/...}: 204
+        with the CORS headers for an allowed origin or a request with no
+        C{Origin}, 403 C{cors_rejected} for any other origin.
+        """
+        if self._cors.is_rejected_preflight(request):
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(b"Cache-Control", b"no-store")
+            request.setResponseCode(
+                200 if self._legacy_status_codes else CORS_REJECTED.http_status
+            )
+            return CORS_REJECTED.body
+        self._cors.add_preflight_headers(request)
+        request.setResponseCode(204)
+        return b""
