@@ -1,12 +1,16 @@
 """
-The HTTP site and channel: Twisted's, answering over-long lines with the
-error JSON.
+The HTTP site, channel and request: Twisted's, responding to over-long lines
+with the error JSON and reporting each finished request once.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 from twisted.web.http import HTTPChannel
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from redis_ajax_push.errors import REQUEST_TOO_LARGE
 
@@ -33,12 +37,84 @@ class RapsHTTPChannel(HTTPChannel):
         self.loseConnection()
 
 
+class RapsRequest(Request):
+    """
+    A L{Request} that carries the mode and outcome of a task request, for
+    the access log and the metrics.
+
+    C{raps_mode} is C{None} outside C{/task/}. C{raps_outcome} is C{ok}
+    until an error sets its code, or C{disconnected} when the client closed
+    the connection before the response was finished.
+    """
+
+    raps_mode: str | None = None
+    raps_outcome = "ok"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.raps_started = time.monotonic()
+        self._raps_reported = False
+
+    def raps_report(self) -> None:
+        """
+        Hand the request to the site's C{on_request_done}, once.
+        """
+        if self._raps_reported:
+            return
+        self._raps_reported = True
+        on_done = getattr(self.site, "on_request_done", None)
+        if on_done is not None:
+            on_done(self)
+
+    def connectionLost(self, reason: Any) -> None:
+        if not self.finished:
+            self.raps_outcome = "disconnected"
+            self.raps_report()
+        super().connectionLost(reason)
+
+
+def set_outcome(request: Any, outcome: str) -> None:
+    """
+    Record C{outcome} (an error code) as the outcome of C{request}.
+    """
+    if isinstance(request, RapsRequest):
+        request.raps_outcome = outcome
+
+
+def set_mode(request: Any, mode: str) -> None:
+    """
+    Record C{mode} (poll, watch, stream or invalid) as the mode of
+    C{request}.
+    """
+    if isinstance(request, RapsRequest):
+        request.raps_mode = mode
+
+
 class RapsSite(Site):
     """
-    A L{Site} whose connections use L{RapsHTTPChannel}.
+    A L{Site} whose connections use L{RapsHTTPChannel} and whose requests
+    are L{RapsRequest}s.
+
+    Twisted's own access log line is off: C{on_request_done}, when set, is
+    called once per request instead, and writes raps's own line.
 
     NOTE: Twisted's default channel would also offer HTTP/2 over TLS, which
     this plain HTTP/1.1 channel does not.
     """
 
     protocol = RapsHTTPChannel  # type: ignore[assignment]
+    requestFactory = RapsRequest
+
+    def __init__(
+        self,
+        resource: Any,
+        on_request_done: Callable[[RapsRequest], None] | None = None,
+    ) -> None:
+        super().__init__(resource)
+        self.on_request_done = on_request_done
+
+    def log(self, request: Any) -> None:
+        # Called by Request.finish; requests whose client hung up first
+        # report themselves in connectionLost.
+        if isinstance(request, RapsRequest):
+            request.raps_report()

@@ -5,6 +5,7 @@ GET and PUBLISH of the daemon.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import txredisapi
@@ -18,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
 from redis_ajax_push.errors import REDIS_ERROR, REDIS_UNAVAILABLE, ErrorKind, TaskError
+from redis_ajax_push.logs import RepeatedWarnings
 from redis_ajax_push.redis_tls import client_tls_options
 from redis_ajax_push.redis_url import RedisURL
 from redis_ajax_push.signing import redact
@@ -89,6 +91,19 @@ def redis_factory(
     return factory
 
 
+class _CommandFactory(txredisapi.RedisFactory):
+    """
+    Calls C{on_ready} each time its connection becomes usable.
+    """
+
+    on_ready: Callable[[], None] = staticmethod(lambda: None)
+
+    def addConnection(self, conn: Any) -> None:
+        super().addConnection(conn)
+        if conn in self.pool:
+            self.on_ready()
+
+
 class CommandConnection:
     """
     Sends GET, PUBLISH and PING on one lazy connection that reconnects with
@@ -101,11 +116,26 @@ class CommandConnection:
 
     log = Logger()
 
-    def __init__(self, url: RedisURL, timeout: float, reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        url: RedisURL,
+        timeout: float,
+        reactor: IReactorTime,
+        on_reconnect: Callable[[], None] | None = None,
+        warnings: RepeatedWarnings | None = None,
+    ) -> None:
+        """
+        C{on_reconnect} is called each time the connection is ready again
+        after its first time.
+        """
         self._url = url
         self._timeout = timeout
         self._reactor = reactor
-        self._factory = redis_factory(url)
+        self._factory = redis_factory(url, _CommandFactory)
+        self._factory.on_ready = self._connection_ready
+        self._on_reconnect = on_reconnect
+        self._warnings = warnings or RepeatedWarnings(reactor)
+        self._ready_before = False
 
     def start(self) -> None:
         """
@@ -120,6 +150,11 @@ class CommandConnection:
         the connection is closed.
         """
         return self._factory.disconnect()
+
+    def _connection_ready(self) -> None:
+        if self._ready_before and self._on_reconnect is not None:
+            self._on_reconnect()
+        self._ready_before = True
 
     @property
     def connected(self) -> bool:
@@ -163,8 +198,12 @@ class CommandConnection:
         try:
             return await command
         except txredisapi.ResponseError as error:
-            self.log.warn(
+            # The first word of an error reply is its code, such as WRONGTYPE.
+            code = str(error).split(" ", 1)[0]
+            self._warnings.warn(
+                self.log,
                 "Redis rejected {command} {target}: {error}",
+                code,
                 command=name,
                 target=redact(target),
                 error=str(error),

@@ -78,6 +78,21 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    # Empty: /healthz and /metrics are served on http.listen.
+    listen: str = ""
+
+
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    access: bool = True
+    format: str = "text"
+
+
+@dataclass(frozen=True)
 class Config:
     http: HTTPConfig = field(default_factory=HTTPConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -85,6 +100,8 @@ class Config:
     task_id: TaskIdConfig = field(default_factory=TaskIdConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 def _check_type(key: str, value: Any, kind: type | tuple[type, ...]) -> None:
@@ -507,6 +524,26 @@ def _check_listen(key: str, description: str) -> None:
         ) from None
 
 
+def _parse_admin(table: dict[str, Any]) -> AdminConfig:
+    listen = _take(table, "admin", "listen", str, AdminConfig().listen)
+    _reject_unknown(table, "admin")
+    if listen:
+        _check_listen("admin.listen", listen)
+    return AdminConfig(listen=listen)
+
+
+def _parse_log(table: dict[str, Any]) -> LogConfig:
+    default = LogConfig()
+    access = _take(table, "log", "access", bool, default.access)
+    log_format = _take(table, "log", "format", str, default.format)
+    _reject_unknown(table, "log")
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(
+            f'log.format: {log_format!r} is not a log format; use "text" or "json"'
+        )
+    return LogConfig(access=access, format=log_format)
+
+
 def parse_config(document: dict[str, Any]) -> Config:
     """
     Validate a parsed TOML document and build a L{Config}, filling in the
@@ -522,12 +559,15 @@ def parse_config(document: dict[str, Any]) -> Config:
         task_id=_parse_task_id(_section(document, "task_id")),
         limits=_parse_limits(_section(document, "limits")),
         security=_parse_security(_section(document, "security")),
+        admin=_parse_admin(_section(document, "admin")),
+        log=_parse_log(_section(document, "log")),
     )
     if document:
         unknown = ", ".join(sorted(document))
         raise ConfigError(
             f"unknown section or key {unknown}: the known sections are "
-            "[http], [redis], [watch], [task_id], [limits] and [security]"
+            "[http], [redis], [watch], [task_id], [limits], [security], [admin] "
+            "and [log]"
         )
     _check_listen("http.listen", config.http.listen)
     return config

@@ -21,6 +21,7 @@ from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
+from redis_ajax_push.channel import set_mode, set_outcome
 from redis_ajax_push.client_files import StaticFile, client_file, demo_file
 from redis_ajax_push.commands import CommandConnection
 from redis_ajax_push.config import Config
@@ -37,6 +38,9 @@ from redis_ajax_push.errors import (
     TaskError,
 )
 from redis_ajax_push.health import HEALTHY_BODY, check_health, unhealthy_body
+from redis_ajax_push.logs import RepeatedWarnings
+from redis_ajax_push.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from redis_ajax_push.metrics import Metrics
 from redis_ajax_push.protocol import TaskKeys, parse_task_json
 from redis_ajax_push.signing import redact, signer_for
 from redis_ajax_push.subscriber import SubscriberPool
@@ -62,8 +66,18 @@ class TaskResource:
         commands: CommandConnection,
         pool: SubscriberPool,
         reactor: IReactorTime,
+        metrics: Metrics,
+        serve_admin: bool = True,
+        warnings: RepeatedWarnings | None = None,
     ) -> None:
+        """
+        With C{serve_admin} false, C{/healthz} and C{/metrics} get
+        C{not_found}, because the admin listener serves them.
+        """
         self._commands = commands
+        self.metrics = metrics
+        self._serve_admin = serve_admin
+        self._warnings = warnings or RepeatedWarnings(reactor)
         self._pool = pool
         self._reactor = reactor
         self._keys = TaskKeys(config.redis.prefix)
@@ -73,7 +87,9 @@ class TaskResource:
         self._legacy_status_codes = config.http.legacy_status_codes
         self._health_timeout = config.redis.command_timeout
         self._max_message_bytes = config.limits.max_message_bytes
-        self._watching = WatchHandler(config, commands, pool, self._read_task, reactor)
+        self._watching = WatchHandler(
+            config, commands, pool, self._read_task, reactor, metrics, self._warnings
+        )
         self.watches = self._watching.watches
         self._client: StaticFile | None = (
             client_file() if config.http.serve_client else None
@@ -111,6 +127,29 @@ class TaskResource:
 
     @app.route("/healthz", methods=["GET"])
     async def healthz(self, request: Request) -> bytes:
+        if not self._serve_admin:
+            return self._error(request, TaskError(NO_SUCH_PATH), "")
+        return await self.health_response(request)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_page(self, request: Request) -> bytes:
+        if not self._serve_admin:
+            return self._error(request, TaskError(NO_SUCH_PATH), "")
+        return self.metrics_response(request)
+
+    def metrics_response(self, request: Request) -> bytes:
+        """
+        Write the headers of C{/metrics} and return its body.
+        """
+        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE)
+        request.setHeader(b"Cache-Control", b"no-store")
+        return self.metrics.render()
+
+    async def health_response(self, request: Request) -> bytes:
+        """
+        Check every Redis connection, write the headers of C{/healthz} and
+        return its body.
+        """
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
         problems = await check_health(
@@ -132,12 +171,13 @@ class TaskResource:
     async def task(self, request: Request, task_id: str) -> bytes:
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
+        _, _, query = request.uri.partition(b"?")
+        mode = _MODES.get(query)
+        set_mode(request, mode or "invalid")
         try:
             rejection = self._validator.check(task_id)
             if rejection is not None:
                 raise TaskError(rejection)
-            _, _, query = request.uri.partition(b"?")
-            mode = _MODES.get(query)
             if mode is None:
                 raise TaskError(INVALID_MODE)
             if mode == "watch":
@@ -165,11 +205,14 @@ class TaskResource:
 
     def _error(self, request: Request, error: TaskError, task_id: str) -> bytes:
         kind = error.kind
+        set_outcome(request, kind.code)
         # Client errors (4xx) are routine; only failures on our side (5xx) need
         # an operator.
         if kind.http_status >= 500:
-            self.log.warn(
+            self._warnings.warn(
+                self.log,
                 "Request for task {task_id} failed: {error}",
+                kind.code,
                 task_id=redact(task_id),
                 error=str(error),
             )

@@ -12,14 +12,15 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import combinedLogFormatter
 from twisted.web.server import Site
 
+from redis_ajax_push.admin import AdminResource
 from redis_ajax_push.channel import RapsSite
 from redis_ajax_push.commands import CommandConnection
 from redis_ajax_push.config import Config
+from redis_ajax_push.logs import RepeatedWarnings, RequestRecorder
+from redis_ajax_push.metrics import Metrics
 from redis_ajax_push.resource import TaskResource
-from redis_ajax_push.signing import redact
 from redis_ajax_push.subscriber import SubscriberPool
 
 
@@ -31,10 +32,22 @@ class RedisService(Service):
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        metrics: Metrics,
+        warnings: RepeatedWarnings,
+    ) -> None:
         redis = config.redis
         self.url = redis.url
-        self.commands = CommandConnection(redis.url, redis.command_timeout, reactor)
+        self.commands = CommandConnection(
+            redis.url,
+            redis.command_timeout,
+            reactor,
+            on_reconnect=metrics.command_reconnects.inc,
+            warnings=warnings,
+        )
         self.pool = SubscriberPool(
             redis.url,
             redis.channels_per_connection,
@@ -42,7 +55,10 @@ class RedisService(Service):
             redis.command_timeout,
             reactor,
             probe_channel=f"{redis.prefix}HEALTH",
+            on_reconnect=metrics.subscriber_reconnects.inc,
         )
+        pool = self.pool
+        metrics.track_pool(lambda: len(pool.connections), lambda: pool.channel_count)
 
     def startService(self) -> None:
         super().startService()
@@ -124,15 +140,11 @@ class HTTPService(Service):
         return port.stopListening()
 
 
-def _redacted_access_line(timestamp: str, request: Any) -> str:
-    # Twisted's combined log line shows the full path, signature tag
-    # included; anyone reading the log could reuse the id.
-    return redact(combinedLogFormatter(timestamp, request))
-
-
 class RapsService(MultiService):
     """
-    One raps daemon: its Redis connections and its HTTP listener.
+    One raps daemon: its Redis connections, its HTTP listener and, when
+    C{[admin] listen} is set, the admin listener for C{/healthz} and
+    C{/metrics}.
 
     Stopping it stops listening first, then ends the open watches with the
     C{shutting_down} error, waiting at most C{shutdown_grace} seconds for
@@ -145,12 +157,30 @@ class RapsService(MultiService):
         super().__init__()
         self.config = config
         self._reactor = reactor
-        self.redis = RedisService(config, reactor)
+        self.metrics = Metrics()
+        self.warnings = RepeatedWarnings(reactor)
+        self.redis = RedisService(config, reactor, self.metrics, self.warnings)
         self.redis.setServiceParent(self)
-        self.tasks = TaskResource(config, self.redis.commands, self.redis.pool, reactor)
-        site = RapsSite(self.tasks.resource(), logFormatter=_redacted_access_line)
+        admin_listen = config.admin.listen
+        self.tasks = TaskResource(
+            config,
+            self.redis.commands,
+            self.redis.pool,
+            reactor,
+            self.metrics,
+            serve_admin=not admin_listen,
+            warnings=self.warnings,
+        )
+        recorder = RequestRecorder(self.metrics, config.log.access)
+        site = RapsSite(self.tasks.resource(), on_request_done=recorder)
         self.http = HTTPService(config.http.listen, site, reactor)
         self.http.setServiceParent(self)
+        self.admin: HTTPService | None = None
+        if admin_listen:
+            admin = AdminResource(self.tasks, config.http.legacy_status_codes)
+            admin_site = RapsSite(admin.resource(), on_request_done=recorder)
+            self.admin = HTTPService(admin_listen, admin_site, reactor)
+            self.admin.setServiceParent(self)
 
     def stopService(self) -> defer.Deferred[None]:
         Service.stopService(self)
@@ -158,6 +188,8 @@ class RapsService(MultiService):
 
     async def _stop(self) -> None:
         await defer.maybeDeferred(self.http.stopService)
+        if self.admin is not None:
+            await defer.maybeDeferred(self.admin.stopService)
         open_watches = len(self.tasks.watches)
         self.log.info("Stopping: ending {count} open watches", count=open_watches)
         await self.tasks.watches.end_all(
@@ -169,4 +201,5 @@ class RapsService(MultiService):
             # every connection. Slow clients may still miss theirs.
             await task.deferLater(self._reactor, 0.1, lambda: None)
         await self.redis.stopService()
+        self.warnings.stop()
         self.log.info("Stopped")

@@ -10,6 +10,7 @@ carried no channel for C{idle_timeout} seconds is closed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import txredisapi
@@ -169,6 +170,7 @@ class SubscriberConnection:
         self._reactor = reactor
         self.channels: dict[bytes, Channel] = {}
         self.protocol: _SubscriberProtocol | None = None
+        self._ready_before = False
         self._idle_call: IDelayedCall | None = None
         self._factory = redis_factory(url, _SubscriberFactory, select_db=False)
         self._factory.owner = self
@@ -231,6 +233,9 @@ class SubscriberConnection:
 
     def connection_ready(self, protocol: _SubscriberProtocol) -> None:
         self.protocol = protocol
+        if self._ready_before:
+            self._pool.on_reconnect()
+        self._ready_before = True
         if self.channels:
             self.log.info(
                 "Subscriber connection ready; subscribing {count} channels",
@@ -306,7 +311,13 @@ class SubscriberPool:
         confirm_timeout: float,
         reactor: IReactorTime,
         probe_channel: str = "RA_HEALTH",
+        on_reconnect: Callable[[], None] = lambda: None,
     ) -> None:
+        """
+        C{on_reconnect} is called each time a subscriber connection is ready
+        again after its first time.
+        """
+        self.on_reconnect = on_reconnect
         self._url = url
         self._per_connection = channels_per_connection
         self.idle_timeout = idle_timeout

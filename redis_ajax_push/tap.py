@@ -50,6 +50,21 @@ class Options(usage.Options):
             # One line and no usage text: the options were fine, the values
             # were not.
             raise SystemExit(f"raps: {error}") from None
+        self._choose_log_observer()
+
+    def _choose_log_observer(self) -> None:
+        """
+        With C{[log] format = "json"}, make twistd log through
+        L{json_log_observer}, unless C{twistd --logger} chose an observer.
+
+        twistd builds its logger from its own options after the plugin's
+        options are parsed, so setting its C{logger} option here is enough.
+        """
+        twistd_options = getattr(self, "parent", None)
+        if self.config.log.format != "json" or twistd_options is None:
+            return
+        if twistd_options.get("logger") is None:
+            twistd_options["logger"] = "redis_ajax_push.logs.json_log_observer"
 
 
 class _CleanExitOnSIGTERM(Service):

@@ -15,11 +15,13 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from redis_ajax_push.errors import (
+    INVALID_TASK_DATA,
     KILLED,
     REDIS_UNAVAILABLE,
     TASK_DATA_TOO_LARGE,
     TaskError,
 )
+from redis_ajax_push.logs import RepeatedWarnings
 from redis_ajax_push.protocol import DONE, KILL, UPDATE, parse_task_json
 from redis_ajax_push.signing import redact
 
@@ -29,11 +31,13 @@ class Message:
     """
     An C{update} or C{done} message. C{raw} is the message itself when it
     carries a C{data} field, to relay as it is; otherwise C{None}, and the
-    data key holds the new state.
+    data key holds the new state. C{arrived} is the reactor time
+    (C{seconds()}) at which the daemon received it.
     """
 
     status: str
     raw: bytes | None
+    arrived: float = 0.0
 
 
 class _Marker:
@@ -78,8 +82,10 @@ class Watch:
         reactor: IReactorTime,
         max_message_bytes: int,
         resubscribe_timeout: float,
+        warnings: RepeatedWarnings | None = None,
     ) -> None:
         self.task_id = task_id
+        self._warnings = warnings or RepeatedWarnings(reactor)
         self.watch_id = watch_id
         self._reactor = reactor
         self._max_message_bytes = max_message_bytes
@@ -99,6 +105,13 @@ class Watch:
     @property
     def ended(self) -> bool:
         return self._final is not None
+
+    @property
+    def outcome(self) -> TaskError | _Marker | None:
+        """
+        The error or L{TIMEOUT} that ended the watch, or C{None}.
+        """
+        return self._final
 
     def wait(self) -> defer.Deferred[Event]:
         """
@@ -172,9 +185,11 @@ class Watch:
         if self.ended:
             return
         if len(message) > self._max_message_bytes:
-            self.log.warn(
+            self._warnings.warn(
+                self.log,
                 "A channel message for task {task_id} has {size} bytes, more "
                 "than max_message_bytes",
+                TASK_DATA_TOO_LARGE.code,
                 task_id=redact(self.task_id),
                 size=len(message),
             )
@@ -183,8 +198,10 @@ class Watch:
         try:
             document = parse_task_json(message)
         except TaskError as error:
-            self.log.warn(
+            self._warnings.warn(
+                self.log,
                 "Ignored a channel message for task {task_id}: {error}",
+                INVALID_TASK_DATA.code,
                 task_id=redact(self.task_id),
                 error=error.detail,
             )
@@ -197,10 +214,13 @@ class Watch:
             elif self._kills_armed:
                 self.end(TaskError(KILLED))
         elif status in (UPDATE, DONE):
-            self._push(Message(status, message if "data" in document else None))
+            raw = message if "data" in document else None
+            self._push(Message(status, raw, self._reactor.seconds()))
         else:
-            self.log.warn(
+            self._warnings.warn(
+                self.log,
                 "Ignored a channel message for task {task_id} with status {status!r}",
+                "unknown_status",
                 task_id=redact(self.task_id),
                 status=status,
             )

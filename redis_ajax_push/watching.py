@@ -18,9 +18,12 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from redis_ajax_push import sse
+from redis_ajax_push.channel import set_outcome
 from redis_ajax_push.commands import CommandConnection
 from redis_ajax_push.config import Config
-from redis_ajax_push.errors import TaskError
+from redis_ajax_push.errors import KILLED, TaskError
+from redis_ajax_push.logs import RepeatedWarnings
+from redis_ajax_push.metrics import Metrics
 from redis_ajax_push.protocol import DONE, UPDATE, TaskKeys, kill_message
 from redis_ajax_push.registry import WatchRegistry
 from redis_ajax_push.signing import redact
@@ -47,8 +50,11 @@ class WatchHandler:
         pool: SubscriberPool,
         read_task: TaskReader,
         reactor: IReactorTime,
+        metrics: Metrics,
+        warnings: RepeatedWarnings,
     ) -> None:
         self._commands = commands
+        self._warnings = warnings
         self._pool = pool
         self._read_task = read_task
         self._reactor = reactor
@@ -58,12 +64,18 @@ class WatchHandler:
         self.watches = WatchRegistry(
             config.limits.max_watches, config.limits.max_watches_per_client
         )
+        self._metrics = metrics
+        self._gauges = {
+            mode: metrics.watch_gauges(mode) for mode in ("watch", "stream")
+        }
 
     @asynccontextmanager
-    async def _opened(self, request: Request, task_id: str) -> AsyncIterator[Watch]:
+    async def _opened(
+        self, request: Request, task_id: str, mode: str
+    ) -> AsyncIterator[Watch]:
         """
         Admit, register and subscribe a new watch; release all of it on
-        exit, whatever ended the request.
+        exit, whatever ended the request, and record it in the metrics.
         """
         watch = Watch(
             task_id,
@@ -71,10 +83,14 @@ class WatchHandler:
             self._reactor,
             self._limits.max_message_bytes,
             self._watch_config.resubscribe_timeout,
+            self._warnings,
         )
         # UNIX socket clients have no host; they count as one client.
         client = getattr(request.getClientAddress(), "host", "") or ""
         self.watches.add(watch, client)
+        open_watches, duration = self._gauges[mode]
+        open_watches.inc()
+        started = self._reactor.seconds()
         try:
             subscription = await self._pool.subscribe(
                 self._keys.channel(task_id), watch
@@ -86,11 +102,16 @@ class WatchHandler:
         finally:
             watch.close()
             self.watches.remove(watch)
+            open_watches.dec()
+            duration.observe(self._reactor.seconds() - started)
+            outcome = watch.outcome
+            if isinstance(outcome, TaskError) and outcome.kind is KILLED:
+                self._metrics.kills.inc()
 
     async def _announce(self, watch: Watch) -> None:
         """
-        Publish the kill that ends every older watch of the task. A kill that
-        arrived already came from a newer watch, which ours must not end.
+        Publish the kill that ends every older watch of the task, unless
+        this watch has already ended, killed by a newer one.
         """
         if not watch.ended:
             channel = self._keys.channel(watch.task_id)
@@ -104,11 +125,24 @@ class WatchHandler:
         interval = self._watch_config.heartbeat_interval
         if interval <= 0:
             return None
-        heartbeat = LoopingCall(request.write, payload)
+        heartbeat = LoopingCall(self._write_heartbeat, request, payload)
         heartbeat.clock = self._reactor
         stopped = heartbeat.start(interval, now=False)
         stopped.addErrback(self._log_heartbeat_failure, task_id)
         return heartbeat
+
+    def _write_heartbeat(self, request: Request, payload: bytes) -> None:
+        request.write(payload)
+        self._metrics.heartbeats.inc()
+
+    def _observe_delivery(self, event: Event) -> None:
+        """
+        Record how long a channel message took from its arrival to the
+        write it caused.
+        """
+        if isinstance(event, Message):
+            latency = self._reactor.seconds() - event.arrived
+            self._metrics.delivery_latency.observe(latency)
 
     def _log_heartbeat_failure(self, failure: Failure, task_id: str) -> None:
         self.log.failure(
@@ -147,7 +181,7 @@ class WatchHandler:
         state after the next update, kill, timeout or error.
         """
         request.setHeader(b"X-Accel-Buffering", b"no")
-        async with self._opened(request, task_id) as watch:
+        async with self._opened(request, task_id, "watch") as watch:
             # Read only now that the channel is subscribed, so that an update
             # published in between is in what this read returns.
             raw, document = await self._read_task(task_id)
@@ -157,9 +191,14 @@ class WatchHandler:
             heartbeat = self._start_heartbeat(request, WATCH_HEARTBEAT, task_id)
             try:
                 while True:
-                    resolved = await self._resolve(watch, await watch.wait(), raw)
+                    event = await watch.wait()
+                    resolved = await self._resolve(watch, event, raw)
                     if resolved is not None:
-                        return resolved[0]
+                        # Written here rather than by Klein, so that the
+                        # delivery latency includes the write.
+                        request.write(resolved[0])
+                        self._observe_delivery(event)
+                        return b""
             finally:
                 if heartbeat is not None and heartbeat.running:
                     heartbeat.stop()
@@ -171,7 +210,7 @@ class WatchHandler:
         the usual status and JSON; later ones become an C{error} event.
         """
         request.setHeader(b"X-Accel-Buffering", b"no")
-        async with self._opened(request, task_id) as watch:
+        async with self._opened(request, task_id, "stream") as watch:
             raw, document = await self._read_task(task_id)
             request.setHeader(b"Content-Type", sse.CONTENT_TYPE)
             retry_ms = round(self._watch_config.stream_retry * 1000)
@@ -191,10 +230,12 @@ class WatchHandler:
                         continue
                     last_sent, status = resolved
                     request.write(sse.sse_event(status, last_sent))
+                    self._observe_delivery(event)
                     if status == DONE or event is TIMEOUT:
                         return b""
             except TaskError as error:
                 self._log_error(task_id, error)
+                set_outcome(request, error.kind.code)
                 return sse.sse_event("error", error.kind.body)
             finally:
                 if heartbeat is not None and heartbeat.running:
@@ -202,8 +243,10 @@ class WatchHandler:
 
     def _log_error(self, task_id: str, error: TaskError) -> None:
         if error.kind.http_status >= 500:
-            self.log.warn(
+            self._warnings.warn(
+                self.log,
                 "Stream of task {task_id} failed: {error}",
+                error.kind.code,
                 task_id=redact(task_id),
                 error=str(error),
             )
