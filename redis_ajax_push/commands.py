@@ -22,6 +22,7 @@ from redis_ajax_push.errors import REDIS_ERROR, REDIS_UNAVAILABLE, ErrorKind, Ta
 from redis_ajax_push.logs import RepeatedWarnings
 from redis_ajax_push.redis_tls import client_tls_options
 from redis_ajax_push.redis_url import RedisURL
+from redis_ajax_push.sentinel import SentinelEndpoint
 from redis_ajax_push.signing import redact
 
 T = TypeVar("T")
@@ -53,8 +54,11 @@ def redis_endpoint(reactor: Any, url: RedisURL) -> IStreamClientEndpoint:
     """
     Build the client endpoint for C{url}: a unix socket, or TCP with TLS on
     top for rediss://, where the server certificate must match the URL's
-    host.
+    host. With Sentinels configured, the endpoint finds the master anew on
+    every connection attempt.
     """
+    if url.sentinels:
+        return SentinelEndpoint(reactor, url, CONNECT_TIMEOUT)
     if url.path is not None:
         return UNIXClientEndpoint(reactor, url.path, timeout=CONNECT_TIMEOUT)
     # parse_redis_url sets exactly one of path and host.

@@ -27,21 +27,29 @@ READY_TEXT = "ready to accept connections"
 class RedisProcess:
     """
     One redis-server (or Sentinel) started with C{arguments}, logging to
-    C{workdir}/<name>.log. L{start} waits for its ready line.
+    C{workdir}/<name>.log. L{start} waits until the log contains
+    C{ready_text}, case ignored.
     """
 
-    def __init__(self, workdir: Path, name: str, arguments: list[str]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        arguments: list[str],
+        ready_text: str = READY_TEXT,
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found; apt-get install redis-server")
         self.log_path = workdir / f"{name}.log"
         self._command = [binary, *arguments, "--logfile", str(self.log_path)]
         self._workdir = workdir
+        self._ready_text = ready_text.lower()
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> None:
         """
-        Start the process and wait until its log shows the ready line.
+        Start the process and wait until its log contains the ready text.
 
         @raise RuntimeError: when it exits or is not ready within C{timeout}
             seconds; the message contains the log.
@@ -56,7 +64,7 @@ class RedisProcess:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"redis-server exited at start:\n{self.log()}")
-            if READY_TEXT in self.log().lower():
+            if self._ready_text in self.log().lower():
                 return
             time.sleep(0.02)
         self.stop()
