@@ -1,9 +1,10 @@
 """
-Two in-process raps instances on one Redis behind a real nginx on loopback,
-configured with etc/nginx-raps.conf, the file that docs/deploy.md shows.
+Two in-process raps instances on one Redis behind a real proxy on loopback:
+nginx with etc/nginx-raps.conf, the file that docs/deploy.md shows, and
+HAProxy with the config block of docs/deploy.md.
 
-nginx is skipped when it is missing, except in CI (CI=true), where the
-tests fail instead; .ci/run installs it.
+A proxy that is not installed is skipped, except in CI (CI=true), where
+its tests fail instead; .ci/run installs both.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -40,16 +44,16 @@ REQUEST_TIMEOUT = 10
 FIRST_HEARTBEAT_WITHIN = 1.0
 
 
-def require_nginx() -> str:
+def require_program(name: str, package: str) -> str:
     """
-    Return the path of nginx. Skip when it is missing outside CI. In CI
-    (CI=true) fail instead, so that a missing install step does not pass
-    as a skip.
+    Return the path of the program C{name}. Skip when it is missing outside
+    CI. In CI (CI=true) fail instead, so that a missing install step does
+    not pass as a skip.
     """
-    path = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin")
     if path is not None:
         return path
-    reason = "nginx is missing: install it with apt-get install nginx-light"
+    reason = f"{name} is missing: install it with apt-get install {package}"
     if os.environ.get("CI") == "true":
         pytest.fail(reason, pytrace=False)
     pytest.skip(reason)
@@ -68,6 +72,30 @@ def render_site_config(upstream_ports: tuple[int, int], listen_port: int) -> str
     ]
     for old, new in replacements:
         assert text.count(old) == 1, f"{SITE_CONFIG} must contain {old!r} once"
+        text = text.replace(old, new)
+    return text
+
+
+def render_haproxy_config(upstream_ports: tuple[int, int], listen_port: int) -> str:
+    """
+    Return the HAProxy config block of docs/deploy.md with the test's
+    instance ports and listen port in place of 8881, 8882 and 8080. The
+    syslog line goes, because the test host may have no /dev/log, and
+    maxconn drops to 1000, because HAProxy exits at startup when it cannot
+    raise its file limit to about twice maxconn.
+    """
+    blocks = re.findall(r"```haproxy\n(.*?)```", DEPLOY_DOC.read_text(), re.DOTALL)
+    assert len(blocks) == 1, f"{DEPLOY_DOC} must contain one haproxy block"
+    text = blocks[0]
+    replacements = [
+        ("    log /dev/log local0\n", ""),
+        ("    maxconn 20000\n", "    maxconn 1000\n"),
+        ("raps1 127.0.0.1:8881 ", f"raps1 127.0.0.1:{upstream_ports[0]} "),
+        ("raps2 127.0.0.1:8882 ", f"raps2 127.0.0.1:{upstream_ports[1]} "),
+        ("bind 127.0.0.1:8080\n", f"bind 127.0.0.1:{listen_port}\n"),
+    ]
+    for old, new in replacements:
+        assert text.count(old) == 1, f"the haproxy block must contain {old!r} once"
         text = text.replace(old, new)
     return text
 
@@ -122,14 +150,14 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> Non
     """
     Block until 127.0.0.1:C{port} accepts a TCP connection.
 
-    @raise AssertionError: when nginx exits or the port is not open within
-        READY_TIMEOUT seconds.
+    @raise AssertionError: when the proxy exits or the port is not open
+        within READY_TIMEOUT seconds.
     """
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         if process.poll() is not None:
             raise AssertionError(
-                f"nginx exited with {process.returncode}:\n{read_log(log)}"
+                f"proxy exited with {process.returncode}:\n{read_log(log)}"
             )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -138,7 +166,7 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> Non
             pass
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"nginx did not listen in {READY_TIMEOUT} s:\n{read_log(log)}"
+                f"proxy did not listen in {READY_TIMEOUT} s:\n{read_log(log)}"
             )
         time.sleep(0.05)
 
@@ -149,10 +177,12 @@ def read_log(path: Path) -> str:
 
 class Proxy:
     """
-    A running nginx in front of two daemons, and its base URL.
+    A running proxy (nginx or haproxy) in front of two daemons, and its
+    base URL.
     """
 
-    def __init__(self, base_url: str, daemons: list) -> None:
+    def __init__(self, name: str, base_url: str, daemons: list) -> None:
+        self.name = name
         self.base_url = base_url
         self.daemons = daemons
 
@@ -166,41 +196,57 @@ class Proxy:
         return [len(daemon.service.tasks.watches) for daemon in self.daemons]
 
 
-@pytest.fixture
-def nginx_directory(tmp_path: Path) -> Path:
+def proxy_command(
+    name: str, directory: Path, upstream_ports: tuple[int, int], listen_port: int
+) -> tuple[list[str], Path]:
     """
-    A directory for nginx's config, pid, logs and temporary files.
+    Write the config of proxy C{name} into C{directory} and return the
+    command that runs it in the foreground, and the file of its error log.
     """
-    directory = tmp_path / "nginx"
+    if name == "nginx":
+        nginx = require_program("nginx", "nginx-light")
+        site = render_site_config(upstream_ports, listen_port)
+        config_path = write_main_config(nginx, directory, site)
+        command = [nginx, "-p", str(directory), "-c", str(config_path)]
+        return command, directory / "error.log"
+    haproxy = require_program("haproxy", "haproxy")
+    config_path = directory / "haproxy.cfg"
+    config_path.write_text(
+        render_haproxy_config(upstream_ports, listen_port), encoding="utf-8"
+    )
+    # -db: stay in the foreground; -W: master-worker mode, stopped by SIGTERM.
+    return [haproxy, "-db", "-W", "-f", str(config_path)], directory / "proxy.out"
+
+
+# The proxies that the tests run, by program name.
+PROXIES = ["nginx", "haproxy"]
+
+
+@asynccontextmanager
+async def running_proxy(
+    proxy_name: str, start_daemon: Any, tmp_path: Path
+) -> AsyncIterator[Proxy]:
+    """
+    Start two daemons with HEARTBEAT_INTERVAL behind nginx with the config
+    of etc/nginx-raps.conf, or behind HAProxy with the config of
+    docs/deploy.md, and stop the proxy on exit.
+    """
+    directory = tmp_path / proxy_name
     directory.mkdir()
-    return directory
-
-
-@pytest_twisted.async_yield_fixture
-async def proxy(start_daemon, nginx_directory):
-    """
-    Two daemons with HEARTBEAT_INTERVAL behind nginx with the config of
-    etc/nginx-raps.conf; nginx is stopped after the test.
-    """
-    nginx = require_nginx()
     daemons = [
         await start_daemon(watch={"heartbeat_interval": HEARTBEAT_INTERVAL})
         for _ in range(2)
     ]
     listen_port = free_port()
-    site = render_site_config((daemons[0].port, daemons[1].port), listen_port)
-    config_path = write_main_config(nginx, nginx_directory, site)
-    log_path = nginx_directory / "nginx.out"
+    command, error_log = proxy_command(
+        proxy_name, directory, (daemons[0].port, daemons[1].port), listen_port
+    )
 
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [nginx, "-p", str(nginx_directory), "-c", str(config_path)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    with (directory / "proxy.out").open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        wait_for_port(listen_port, process, nginx_directory / "error.log")
-        yield Proxy(f"http://127.0.0.1:{listen_port}", daemons)
+        wait_for_port(listen_port, process, error_log)
+        yield Proxy(proxy_name, f"http://127.0.0.1:{listen_port}", daemons)
     finally:
         process.terminate()
         try:
@@ -221,117 +267,132 @@ def test_docs_show_nginx_config():
     assert config in blocks
 
 
+@pytest.mark.parametrize("proxy_name", PROXIES)
 @pytest_twisted.ensureDeferred
-async def test_proxy_serves_poll(proxy, redis_client):
+async def test_proxy_serves_poll(proxy_name, start_daemon, redis_client, tmp_path):
     """
-    A poll through nginx returns the data key.
+    A poll through the proxy returns the data key.
     """
-    redis_client.set("RA_D_px1", RUNNING)
+    async with running_proxy(proxy_name, start_daemon, tmp_path) as proxy:
+        redis_client.set("RA_D_px1", RUNNING)
 
-    response = await treq.get(
-        proxy.url("/task/px1"), persistent=False, timeout=REQUEST_TIMEOUT
-    )
+        response = await treq.get(
+            proxy.url("/task/px1"), persistent=False, timeout=REQUEST_TIMEOUT
+        )
 
-    assert response.code == 200
-    assert await response.content() == RUNNING
+        assert response.code == 200
+        assert await response.content() == RUNNING
 
 
+@pytest.mark.parametrize("proxy_name", PROXIES)
 @pytest_twisted.ensureDeferred
-async def test_proxy_passes_heartbeats(proxy, redis_client):
+async def test_proxy_passes_heartbeats(
+    proxy_name, start_daemon, redis_client, tmp_path
+):
     """
-    A watch's first heartbeat reaches the client through nginx within about
-    one heartbeat interval, long before the watch ends, so nginx does not
-    buffer it.
+    A watch's first heartbeat reaches the client through the proxy within
+    about one heartbeat interval, long before the watch ends, so the proxy
+    does not buffer it.
     """
-    redis_client.set("RA_D_px2", RUNNING)
-    chunks: list[tuple[float, bytes]] = []
-    started = time.monotonic()
+    async with running_proxy(proxy_name, start_daemon, tmp_path) as proxy:
+        redis_client.set("RA_D_px2", RUNNING)
+        chunks: list[tuple[float, bytes]] = []
+        started = time.monotonic()
 
-    response = await treq.get(
-        proxy.url("/task/px2?watch"), persistent=False, timeout=REQUEST_TIMEOUT
-    )
-    collected = treq.collect(
-        response, lambda chunk: chunks.append((time.monotonic(), chunk))
-    )
-    await wait_until(lambda: chunks, timeout=REQUEST_TIMEOUT, what="a heartbeat")
-    first_arrival, first_chunk = chunks[0]
-    watch_open = sum(proxy.open_watches())
-    redis_client.publish("RA_SC_px2", b'{"status": "done"}')
-    await collected
-    body = b"".join(chunk for _, chunk in chunks)
+        response = await treq.get(
+            proxy.url("/task/px2?watch"), persistent=False, timeout=REQUEST_TIMEOUT
+        )
+        collected = treq.collect(
+            response, lambda chunk: chunks.append((time.monotonic(), chunk))
+        )
+        await wait_until(lambda: chunks, timeout=REQUEST_TIMEOUT, what="a heartbeat")
+        first_arrival, first_chunk = chunks[0]
+        watch_open = sum(proxy.open_watches())
+        redis_client.publish("RA_SC_px2", b'{"status": "done"}')
+        await collected
+        body = b"".join(chunk for _, chunk in chunks)
 
-    assert response.code == 200
-    # nginx reads X-Accel-Buffering itself and does not pass it on.
-    assert response.headers.getRawHeaders("X-Accel-Buffering") is None
-    assert first_chunk.startswith(b"\n")
-    assert first_arrival - started < FIRST_HEARTBEAT_WITHIN
-    assert watch_open == 1
-    assert body.lstrip(b"\n") == RUNNING
+        assert response.code == 200
+        if proxy.name == "nginx":
+            # nginx reads X-Accel-Buffering itself and does not pass it on.
+            assert response.headers.getRawHeaders("X-Accel-Buffering") is None
+        assert first_chunk.startswith(b"\n")
+        assert first_arrival - started < FIRST_HEARTBEAT_WITHIN
+        assert watch_open == 1
+        assert body.lstrip(b"\n") == RUNNING
 
 
+@pytest.mark.parametrize("proxy_name", PROXIES)
 @pytest_twisted.ensureDeferred
-async def test_proxy_passes_stream_events(proxy, redis_client):
+async def test_proxy_passes_stream_events(
+    proxy_name, start_daemon, redis_client, tmp_path
+):
     """
-    A stream's first event reaches the client through nginx while the
+    A stream's first event reaches the client through the proxy while the
     stream stays open.
     """
-    redis_client.set("RA_D_px3", RUNNING)
-    received = bytearray()
+    async with running_proxy(proxy_name, start_daemon, tmp_path) as proxy:
+        redis_client.set("RA_D_px3", RUNNING)
+        received = bytearray()
 
-    response = await treq.get(
-        proxy.url("/task/px3?stream"), persistent=False, timeout=REQUEST_TIMEOUT
-    )
-    collected = treq.collect(response, received.extend)
-    await wait_until(
-        lambda: b"event: update" in received,
-        timeout=REQUEST_TIMEOUT,
-        what="the first event",
-    )
-    stream_open = sum(proxy.open_watches())
-    redis_client.publish("RA_SC_px3", b'{"status": "done"}')
-    await collected
+        response = await treq.get(
+            proxy.url("/task/px3?stream"), persistent=False, timeout=REQUEST_TIMEOUT
+        )
+        collected = treq.collect(response, received.extend)
+        await wait_until(
+            lambda: b"event: update" in received,
+            timeout=REQUEST_TIMEOUT,
+            what="the first event",
+        )
+        stream_open = sum(proxy.open_watches())
+        redis_client.publish("RA_SC_px3", b'{"status": "done"}')
+        await collected
 
-    assert response.code == 200
-    assert response.headers.getRawHeaders("Content-Type") == [
-        "text/event-stream; charset=utf-8"
-    ]
-    assert stream_open == 1
-    assert b"event: done" in received
+        assert response.code == 200
+        assert response.headers.getRawHeaders("Content-Type") == [
+            "text/event-stream; charset=utf-8"
+        ]
+        assert stream_open == 1
+        assert b"event: done" in received
 
 
+@pytest.mark.parametrize("proxy_name", PROXIES)
 @pytest_twisted.ensureDeferred
-async def test_proxy_kill_across_instances(proxy, redis_client):
+async def test_proxy_kill_across_instances(
+    proxy_name, start_daemon, redis_client, tmp_path
+):
     """
-    nginx sends two watches of one task to the two instances in turn, and
-    the newer watch, on the other instance, kills the older one.
+    The proxy sends two watches of one task to the two instances in turn,
+    and the newer watch, on the other instance, kills the older one.
     """
-    redis_client.set("RA_D_px4", RUNNING)
-    spy = ChannelSpy(redis_client, "RA_SC_px4")
-    try:
-        first = treq.get(
-            proxy.url("/task/px4?watch"), persistent=False, timeout=REQUEST_TIMEOUT
-        )
-        await spy.wait_for_kills(1)
-        first_placement = proxy.open_watches()
-        second = treq.get(
-            proxy.url("/task/px4?watch"), persistent=False, timeout=REQUEST_TIMEOUT
-        )
-        await spy.wait_for_kills(2)
-        killed = await first
-        killed_body = await killed.content()
-        await wait_until(lambda: sum(proxy.open_watches()) == 1, what="one watch")
-        second_placement = proxy.open_watches()
-        redis_client.publish("RA_SC_px4", b'{"status": "done"}')
-        survivor = await second
-        survivor_body = await survivor.content()
-    finally:
-        spy.close()
+    async with running_proxy(proxy_name, start_daemon, tmp_path) as proxy:
+        redis_client.set("RA_D_px4", RUNNING)
+        spy = ChannelSpy(redis_client, "RA_SC_px4")
+        try:
+            first = treq.get(
+                proxy.url("/task/px4?watch"), persistent=False, timeout=REQUEST_TIMEOUT
+            )
+            await spy.wait_for_kills(1)
+            first_placement = proxy.open_watches()
+            second = treq.get(
+                proxy.url("/task/px4?watch"), persistent=False, timeout=REQUEST_TIMEOUT
+            )
+            await spy.wait_for_kills(2)
+            killed = await first
+            killed_body = await killed.content()
+            await wait_until(lambda: sum(proxy.open_watches()) == 1, what="one watch")
+            second_placement = proxy.open_watches()
+            redis_client.publish("RA_SC_px4", b'{"status": "done"}')
+            survivor = await second
+            survivor_body = await survivor.content()
+        finally:
+            spy.close()
 
-    assert sorted(first_placement) == [0, 1]
-    assert sorted(second_placement) == [0, 1]
-    assert first_placement != second_placement
-    # The kill can come before or after the first heartbeat: status 409, or
-    # 200 with the error after the heartbeats.
-    assert json.loads(killed_body)["error"] == "killed"
-    assert survivor.code == 200
-    assert survivor_body.lstrip(b"\n") == RUNNING
+        assert sorted(first_placement) == [0, 1]
+        assert sorted(second_placement) == [0, 1]
+        assert first_placement != second_placement
+        # The kill can come before or after the first heartbeat: status 409, or
+        # 200 with the error after the heartbeats.
+        assert json.loads(killed_body)["error"] == "killed"
+        assert survivor.code == 200
+        assert survivor_body.lstrip(b"\n") == RUNNING
