@@ -52,9 +52,16 @@ def start_redis(
     return process
 
 
+# The commands that docs/redis.md lists for the raps ACL user.
+ACL_COMMANDS = [
+    "+get", "+publish", "+subscribe", "+unsubscribe", "+ping", "+select", "+role",
+]  # fmt: skip
+
+
 def add_acl_user(client: redis.Redis) -> None:
     """
-    Create the raps ACL user: its own password, RA_ keys and channels only.
+    Create the raps ACL user as docs/redis.md shows it: its own password,
+    RA_ keys and channels, and only the commands raps sends.
     """
     client.acl_setuser(
         ACL_USER,
@@ -62,7 +69,7 @@ def add_acl_user(client: redis.Redis) -> None:
         passwords=[f"+{ACL_PASSWORD}"],
         keys=["RA_*"],
         channels=["RA_*"],
-        commands=["+@all"],
+        commands=ACL_COMMANDS,
     )
 
 
