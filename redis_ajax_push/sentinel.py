@@ -414,6 +414,9 @@ class SentinelEndpoint:
             )
             check.transport.loseConnection()
 
+        # NOTE: a switch between the ROLE check and the SUBSCRIBE below is
+        # missed; Sentinel then closes the connection when it demotes the
+        # old master.
         listening = defer.Deferred.fromCoroutine(self._listen(check, switched))
         listening.addErrback(
             lambda failure: self.log.failure(

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from redis_ajax_push.sentinel import (
     parse_reply,
 )
 from redis_ajax_push.testing import RunningDaemon, free_port, start_daemon
-from tests.redis_processes import RedisProcess
+from tests.redis_processes import RedisProcess, TLSFiles, make_tls_files
 from tests.support import sleep, wait_until
 
 RUNNING = b'{"status": "running"}'
@@ -43,9 +44,22 @@ class SentinelSetup:
     master_port: int
     replica_port: int
     sentinel_ports: list[int]
+    # Master, replica, then the Sentinels, once the fixture started them.
+    processes: list[RedisProcess] = field(default_factory=list)
+    # Set when the master and replica accept TLS connections only.
+    tls: TLSFiles | None = None
 
-    def client(self, port: int) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    def client(self, port: int, db: int = 0) -> redis.Redis:
+        if self.tls is None or port in self.sentinel_ports:
+            return redis.Redis(host="127.0.0.1", port=port, db=db, socket_timeout=5)
+        return redis.Redis(
+            host="127.0.0.1",
+            port=port,
+            db=db,
+            socket_timeout=5,
+            ssl=True,
+            ssl_ca_certs=str(self.tls.ca),
+        )
 
     def reported_master(self, sentinel_port: int) -> tuple[str, int] | None:
         with self.client(sentinel_port) as sentinel:
@@ -57,9 +71,21 @@ class SentinelSetup:
         return reply[0].decode(), int(reply[1])
 
 
-def sentinel_conf(path: Path, port: int, master_port: int) -> Path:
+def sentinel_conf(
+    path: Path, port: int, master_port: int, tls: TLSFiles | None
+) -> Path:
+    # With tls-replication, Sentinel connects to the servers over TLS; its
+    # own port stays plain for raps.
+    tls_lines = ""
+    if tls is not None:
+        tls_lines = (
+            "tls-replication yes\n"
+            f"tls-cert-file {tls.server_cert}\n"
+            f"tls-key-file {tls.server_key}\n"
+            f"tls-ca-cert-file {tls.ca}\n"
+        )
     path.write_text(
-        f"port {port}\n"
+        tls_lines + f"port {port}\n"
         "bind 127.0.0.1\n"
         f"dir {path.parent}\n"
         "sentinel resolve-hostnames no\n"
@@ -87,13 +113,14 @@ def sentinel_ready(setup: SentinelSetup) -> bool:
     return True
 
 
-@pytest.fixture
-def sentinel_setup(tmp_path) -> Iterator[SentinelSetup]:
+@contextmanager
+def running_setup(tmp_path: Path, tls: TLSFiles | None) -> Iterator[SentinelSetup]:
     """
-    A master, its replica and three Sentinels monitoring them as mymaster,
-    all stopped after the test.
+    Start a master, its replica and three Sentinels monitoring them as
+    mymaster, over TLS when C{tls} is given, and stop them all on exit.
     """
     setup = SentinelSetup(free_port(), free_port(), [free_port() for _ in range(3)])
+    setup.tls = tls
     # The replica's first sync starts at once rather than after the
     # default 5 s of repl-diskless-sync-delay.
     common = [
@@ -102,14 +129,27 @@ def sentinel_setup(tmp_path) -> Iterator[SentinelSetup]:
         "--appendonly", "no",
         "--repl-diskless-sync-delay", "0",
     ]  # fmt: skip
+    if tls is not None:
+        common += [
+            "--tls-cert-file", str(tls.server_cert),
+            "--tls-key-file", str(tls.server_key),
+            "--tls-ca-cert-file", str(tls.ca),
+            "--tls-replication", "yes",
+            "--tls-auth-clients", "no",
+        ]  # fmt: skip
+
+    def port_arguments(port: int) -> list[str]:
+        if tls is None:
+            return ["--port", str(port)]
+        return ["--port", "0", "--tls-port", str(port)]
+
     processes = [
-        RedisProcess(tmp_path, "master", ["--port", str(setup.master_port), *common]),
+        RedisProcess(tmp_path, "master", [*port_arguments(setup.master_port), *common]),
         RedisProcess(
             tmp_path,
             "replica",
             [
-                "--port",
-                str(setup.replica_port),
+                *port_arguments(setup.replica_port),
                 "--replicaof",
                 "127.0.0.1",
                 str(setup.master_port),
@@ -119,7 +159,7 @@ def sentinel_setup(tmp_path) -> Iterator[SentinelSetup]:
     ]
     for index, port in enumerate(setup.sentinel_ports):
         conf = sentinel_conf(
-            tmp_path / f"sentinel-{index}.conf", port, setup.master_port
+            tmp_path / f"sentinel-{index}.conf", port, setup.master_port, tls
         )
         processes.append(
             # Sentinel 7.0 logs no ready line; it monitors once it logs this.
@@ -130,6 +170,7 @@ def sentinel_setup(tmp_path) -> Iterator[SentinelSetup]:
                 ready_text="+monitor master",
             )
         )
+    setup.processes = processes
     try:
         for process in processes:
             process.start()
@@ -142,6 +183,26 @@ def sentinel_setup(tmp_path) -> Iterator[SentinelSetup]:
     finally:
         for process in reversed(processes):
             process.stop()
+
+
+@pytest.fixture
+def sentinel_setup(tmp_path) -> Iterator[SentinelSetup]:
+    """
+    A master, its replica and three Sentinels monitoring them as mymaster,
+    all stopped after the test.
+    """
+    with running_setup(tmp_path, None) as setup:
+        yield setup
+
+
+@pytest.fixture
+def tls_sentinel_setup(tmp_path) -> Iterator[SentinelSetup]:
+    """
+    The same as L{sentinel_setup}, with master and replica reachable over
+    TLS only.
+    """
+    with running_setup(tmp_path, make_tls_files(tmp_path)) as setup:
+        yield setup
 
 
 async def start_raps(setup: SentinelSetup, **redis_keys: Any) -> RunningDaemon:
@@ -276,6 +337,104 @@ async def test_watch_survives_failover(sentinel_setup, capsys):
     assert body == DONE
     assert after == (200, b'{"status": "ok"}')
     assert time.monotonic() - started < 30
+
+
+@pytest_twisted.ensureDeferred
+async def test_watch_survives_master_crash(sentinel_setup):
+    """
+    When the master process stops, the Sentinels promote the replica and an
+    open watch returns the done written on it.
+    """
+    setup = sentinel_setup
+    master = setup.client(setup.master_port)
+    replica = setup.client(setup.replica_port)
+    master.set("RA_D_s2", RUNNING)
+    assert master.wait(1, 2000) == 1
+    master.close()
+    daemon = await start_raps(setup)
+    started = time.monotonic()
+    try:
+        pending = treq.get(daemon.url("/task/s2?watch"), persistent=False, timeout=40)
+        await wait_until(lambda: daemon.service.redis.pool.channel_count == 1)
+
+        setup.processes[0].stop()
+        # down-after-milliseconds is 1 s; the election and promotion follow.
+        await wait_until(
+            lambda: subscribed(replica, "RA_SC_s2"),
+            timeout=20,
+            what="the watch's channel on the promoted replica",
+        )
+        replica.set("RA_D_s2", DONE)
+        replica.publish("RA_SC_s2", b'{"status": "done"}')
+        response = await pending
+        body = await response.content()
+        code, _ = await health(daemon)
+    finally:
+        await daemon.stop()
+        replica.close()
+
+    assert response.code == 200
+    assert body == DONE
+    assert code == 200
+    assert time.monotonic() - started < 30
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_acl_failover(tls_sentinel_setup):
+    """
+    Through Sentinel with rediss://, an ACL user and database 3, a watch
+    open during a failover returns the done written on the promoted
+    replica, and every raps connection there is the ACL user's.
+    """
+    setup = tls_sentinel_setup
+    assert setup.tls is not None
+    master = setup.client(setup.master_port, db=3)
+    replica = setup.client(setup.replica_port, db=3)
+    # ACL users are not replicated: each server gets its own.
+    for client in (master, replica):
+        client.acl_setuser(
+            "raps",
+            enabled=True,
+            passwords=["+raps-acl-secret"],
+            keys=["RA_*"],
+            channels=["RA_*"],
+            commands=["+get", "+publish", "+subscribe", "+unsubscribe"]
+            + ["+ping", "+select", "+role"],
+        )
+    master.set("RA_D_s3", RUNNING)
+    assert master.wait(1, 2000) == 1
+    daemon = await start_raps(
+        setup,
+        url="rediss://raps:raps-acl-secret@127.0.0.1/3",
+        tls_ca=str(setup.tls.ca),
+    )
+    try:
+        pending = treq.get(daemon.url("/task/s3?watch"), persistent=False, timeout=40)
+        await wait_until(lambda: subscribed(master, "RA_SC_s3"), timeout=5)
+
+        with setup.client(setup.sentinel_ports[0]) as sentinel:
+            assert sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+        await wait_until(
+            lambda: subscribed(replica, "RA_SC_s3"),
+            timeout=15,
+            what="the watch's channel on the new master",
+        )
+        replica.set("RA_D_s3", DONE)
+        replica.publish("RA_SC_s3", b'{"status": "done"}')
+        response = await pending
+        body = await response.content()
+        raps_connections = [
+            entry for entry in replica.client_list() if entry["user"] == "raps"
+        ]
+    finally:
+        await daemon.stop()
+        master.close()
+        replica.close()
+
+    assert response.code == 200
+    assert body == DONE
+    assert len(raps_connections) == 2
+    assert [entry["db"] for entry in raps_connections].count("3") == 1
 
 
 @pytest.mark.parametrize(
