@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import (
     IProtocol,
@@ -33,6 +33,17 @@ from redis_ajax_push.redis_url import RedisURL
 # Sentinel publishes this on failover: "<service> <old ip> <old port> <new ip>
 # <new port>".
 SWITCH_MASTER_CHANNEL = b"+switch-master"
+
+
+# What a failed connection or an unanswered command raises. Twisted's own
+# connection errors, such as its ConnectionRefusedError, are not OSErrors.
+CONNECTION_ERRORS = (
+    OSError,
+    error.ConnectError,
+    error.ConnectionClosed,
+    error.TimeoutError,
+    defer.TimeoutError,
+)
 
 
 class SentinelError(Exception):
@@ -322,11 +333,11 @@ class SentinelEndpoint:
         try:
             host, port = await self.master_address()
             protocol, check = await self._connect_master(factory, host, port)
-        except (SentinelError, OSError, defer.TimeoutError) as error:
+        except (SentinelError, *CONNECTION_ERRORS) as failure:
             self.log.warn(
                 "Cannot connect to the master of {service}: {error}",
                 service=self._service,
-                error=str(error) or type(error).__name__,
+                error=str(failure) or type(failure).__name__,
             )
             raise
         if self._last_master != (host, port):
@@ -357,8 +368,8 @@ class SentinelEndpoint:
                         "SENTINEL", "get-master-addr-by-name", self._service
                     ),
                 )
-            except (OSError, defer.TimeoutError, ReplyError, ValueError) as error:
-                problems.append(f"{host}:{port}: {error or type(error).__name__}")
+            except (*CONNECTION_ERRORS, ValueError) as failure:
+                problems.append(f"{host}:{port}: {failure or type(failure).__name__}")
                 continue
             address = replies[0]
             if isinstance(address, ReplyError):
@@ -454,14 +465,14 @@ class SentinelEndpoint:
                 subscribing = listener.subscribed
                 subscribing.addTimeout(self._timeout, self._reactor)
                 await subscribing
-            except (OSError, defer.TimeoutError) as error:
+            except CONNECTION_ERRORS as failure:
                 if check.closed:
                     return
                 self.log.warn(
                     "Cannot listen for failovers on Sentinel {host}:{port}: {error}",
                     host=host,
                     port=port,
-                    error=str(error) or type(error).__name__,
+                    error=str(failure) or type(failure).__name__,
                 )
                 if listener.transport is not None:
                     listener.transport.abortConnection()

@@ -18,10 +18,14 @@ import pytest
 import pytest_twisted
 import redis
 import treq
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
 
 from redis_ajax_push.config import parse_config
 from redis_ajax_push.sentinel import (
     ReplyError,
+    SentinelEndpoint,
+    SentinelError,
     _IncompleteReplyError,
     encode_command,
     parse_reply,
@@ -236,11 +240,14 @@ def subscribed(client: redis.Redis, channel: str) -> bool:
 async def test_poll_through_sentinel(sentinel_setup):
     """
     A daemon configured with Sentinels reads the data key from the master
-    they report.
+    they report, skipping a listed Sentinel that refuses connections.
     """
     master = sentinel_setup.client(sentinel_setup.master_port)
     master.set("RA_D_s0", RUNNING)
-    daemon = await start_raps(sentinel_setup)
+    addresses = [f"127.0.0.1:{port}" for port in sentinel_setup.sentinel_ports]
+    # Nothing listens on this port: the connection is refused.
+    refusing = f"127.0.0.1:{free_port()}"
+    daemon = await start_raps(sentinel_setup, sentinels=[refusing, *addresses])
     try:
         response = await treq.get(daemon.url("/task/s0"), persistent=False, timeout=10)
         body = await response.content()
@@ -435,6 +442,31 @@ async def test_tls_acl_failover(tls_sentinel_setup):
     assert body == DONE
     assert len(raps_connections) == 2
     assert [entry["db"] for entry in raps_connections].count("3") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_replica_fails_role_check(sentinel_setup):
+    """
+    Connecting to an address whose ROLE is not master fails with
+    SentinelError and hands no connection over.
+    """
+    url = parse_config(
+        {
+            "redis": {
+                "sentinels": [f"127.0.0.1:{sentinel_setup.sentinel_ports[0]}"],
+                "sentinel_service": SERVICE,
+            }
+        }
+    ).redis.url
+    endpoint = SentinelEndpoint(reactor, url, timeout=5)
+    factory = Factory.forProtocol(Protocol)
+
+    with pytest.raises(SentinelError) as caught:
+        await endpoint._connect_master(
+            factory, "127.0.0.1", sentinel_setup.replica_port
+        )
+
+    assert "role is slave, not master" in str(caught.value)
 
 
 @pytest.mark.parametrize(
