@@ -20,6 +20,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from redis_ajax_push.config import Config, load_config
 from redis_ajax_push.service import RapsService
 from redis_ajax_push.testing import RedisServer
+from tests.support import ChannelSpy
 
 
 @pytest.fixture(scope="session")
@@ -182,3 +183,22 @@ def logged_errors() -> Iterator[ErrorLog]:
     yield errors
     globalLogPublisher.removeObserver(errors.observe)
     errors.release_frames()
+
+
+@pytest.fixture
+def spy(redis_client: redis.Redis) -> Iterator[Any]:
+    """
+    A function that subscribes a L{ChannelSpy} to a task's channel, to see
+    the kill that a watch publishes once it waits. Every spy is closed after
+    the test.
+    """
+    spies: list[ChannelSpy] = []
+
+    def subscribe(task_id: str) -> ChannelSpy:
+        channel_spy = ChannelSpy(redis_client, f"RA_SC_{task_id}")
+        spies.append(channel_spy)
+        return channel_spy
+
+    yield subscribe
+    for channel_spy in spies:
+        channel_spy.close()

@@ -22,31 +22,13 @@ from twisted.internet.task import LoopingCall
 
 from redis_ajax_push.watch import Watch
 from tests.http_clients import get_request
-from tests.support import ChannelSpy, sleep, wait_until
+from tests.support import sleep, wait_until
 
 RUNNING = b'{"status": "running"}'
 
 # Long enough for the close to reach the daemon first, short enough to keep
 # the suite quick; in milliseconds, as CLIENT PAUSE takes it.
 PAUSE_MS = 300
-
-
-@pytest.fixture
-def spy(redis_client):
-    """
-    A function that subscribes a L{ChannelSpy} to a task's channel; every
-    spy is closed after the test.
-    """
-    spies = []
-
-    def subscribe(task_id):
-        channel_spy = ChannelSpy(redis_client, f"RA_SC_{task_id}")
-        spies.append(channel_spy)
-        return channel_spy
-
-    yield subscribe
-    for channel_spy in spies:
-        channel_spy.close()
 
 
 def open_watch(daemon, task_id):

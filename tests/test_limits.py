@@ -16,28 +16,9 @@ import treq
 from twisted.internet import threads
 
 from tests.http_clients import get_request, read_response, response_json, start_watch
-from tests.support import ChannelSpy, sleep
+from tests.support import sleep
 
 RUNNING = b'{"status": "running"}'
-
-
-@pytest.fixture
-def spy(redis_client):
-    """
-    A function that subscribes a L{ChannelSpy} to a task's channel, to see
-    the kill that a watch publishes once it waits; every spy is closed after
-    the test.
-    """
-    spies = []
-
-    def subscribe(task_id):
-        channel_spy = ChannelSpy(redis_client, f"RA_SC_{task_id}")
-        spies.append(channel_spy)
-        return channel_spy
-
-    yield subscribe
-    for channel_spy in spies:
-        channel_spy.close()
 
 
 def subscribe_calls(redis_client):

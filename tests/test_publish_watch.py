@@ -16,7 +16,6 @@ from twisted.internet import defer
 from redis_ajax_push.follow import parse_response
 from redis_ajax_push.publisher import TaskPublisher
 from redis_ajax_push.tx_publisher import TxTaskPublisher
-from tests.support import ChannelSpy
 
 # Every HTTP request of these tests gives up after this many seconds.
 REQUEST_TIMEOUT = 10
@@ -30,24 +29,6 @@ async def fetch(daemon, path):
         daemon.url(path), persistent=False, timeout=REQUEST_TIMEOUT
     )
     return response.code, await response.content()
-
-
-@pytest.fixture
-def spy(redis_client):
-    """
-    A function that subscribes a ChannelSpy to a task's channel; each is
-    closed after the test.
-    """
-    spies = []
-
-    def subscribe(task_id):
-        channel_spy = ChannelSpy(redis_client, f"RA_SC_{task_id}")
-        spies.append(channel_spy)
-        return channel_spy
-
-    yield subscribe
-    for channel_spy in spies:
-        channel_spy.close()
 
 
 async def watch_then(daemon, spy, task_id, write):

@@ -8,33 +8,14 @@ from __future__ import annotations
 import json
 import socket
 
-import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.task import LoopingCall
 
-from tests.support import ChannelSpy, sleep, wait_until
+from tests.support import sleep, wait_until
 
 RUNNING = b'{"status": "running", "progress": 10}'
-
-
-@pytest.fixture
-def spy(redis_client):
-    """
-    A function that subscribes a L{ChannelSpy} to a task's channel; every
-    spy is closed after the test.
-    """
-    spies = []
-
-    def subscribe(task_id):
-        channel_spy = ChannelSpy(redis_client, f"RA_SC_{task_id}")
-        spies.append(channel_spy)
-        return channel_spy
-
-    yield subscribe
-    for channel_spy in spies:
-        channel_spy.close()
 
 
 class PendingRequest:
