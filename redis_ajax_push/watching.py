@@ -7,8 +7,8 @@ into answers.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -119,17 +119,27 @@ class WatchHandler:
         if self._limits.watch_timeout > 0:
             watch.start_timeout(self._limits.watch_timeout)
 
-    def _start_heartbeat(
+    @contextmanager
+    def _heartbeat(
         self, request: Request, payload: bytes, task_id: str
-    ) -> LoopingCall | None:
+    ) -> Iterator[None]:
+        """
+        Write C{payload} every heartbeat interval while the block runs.
+        """
         interval = self._watch_config.heartbeat_interval
         if interval <= 0:
-            return None
+            yield
+            return
         heartbeat = LoopingCall(self._write_heartbeat, request, payload)
         heartbeat.clock = self._reactor
         stopped = heartbeat.start(interval, now=False)
         stopped.addErrback(self._log_heartbeat_failure, task_id)
-        return heartbeat
+        try:
+            yield
+        finally:
+            # A failed write has stopped the LoopingCall already.
+            if heartbeat.running:
+                heartbeat.stop()
 
     def _write_heartbeat(self, request: Request, payload: bytes) -> None:
         request.write(payload)
@@ -188,8 +198,7 @@ class WatchHandler:
             if document.get("status") == DONE:
                 return raw
             await self._announce(watch)
-            heartbeat = self._start_heartbeat(request, WATCH_HEARTBEAT, task_id)
-            try:
+            with self._heartbeat(request, WATCH_HEARTBEAT, task_id):
                 while True:
                     event = await watch.wait()
                     resolved = await self._resolve(watch, event, raw)
@@ -199,9 +208,6 @@ class WatchHandler:
                         request.write(resolved[0])
                         self._observe_delivery(event)
                         return b""
-            finally:
-                if heartbeat is not None and heartbeat.running:
-                    heartbeat.stop()
 
     async def stream(self, request: Request, task_id: str) -> bytes:
         """
@@ -218,28 +224,24 @@ class WatchHandler:
             request.write(sse.sse_retry(retry_ms) + sse.sse_event(status, raw))
             if status == DONE:
                 return b""
-            heartbeat = None
             try:
                 await self._announce(watch)
-                heartbeat = self._start_heartbeat(request, sse.HEARTBEAT, task_id)
-                last_sent = raw
-                while True:
-                    event = await watch.wait()
-                    resolved = await self._resolve(watch, event, last_sent)
-                    if resolved is None:
-                        continue
-                    last_sent, status = resolved
-                    request.write(sse.sse_event(status, last_sent))
-                    self._observe_delivery(event)
-                    if status == DONE or event is TIMEOUT:
-                        return b""
+                with self._heartbeat(request, sse.HEARTBEAT, task_id):
+                    last_sent = raw
+                    while True:
+                        event = await watch.wait()
+                        resolved = await self._resolve(watch, event, last_sent)
+                        if resolved is None:
+                            continue
+                        last_sent, status = resolved
+                        request.write(sse.sse_event(status, last_sent))
+                        self._observe_delivery(event)
+                        if status == DONE or event is TIMEOUT:
+                            return b""
             except TaskError as error:
                 self._log_error(task_id, error)
                 set_outcome(request, error.kind.code)
                 return sse.sse_event("error", error.kind.body)
-            finally:
-                if heartbeat is not None and heartbeat.running:
-                    heartbeat.stop()
 
     def _log_error(self, task_id: str, error: TaskError) -> None:
         if error.kind.http_status >= 500:
