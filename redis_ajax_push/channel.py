@@ -17,7 +17,7 @@ from redis_ajax_push.errors import REQUEST_TOO_LARGE
 
 class RapsHTTPChannel(HTTPChannel):
     """
-    An L{HTTPChannel} that answers a request line or header line longer
+    An L{HTTPChannel} that responds to a request line or header line longer
     than C{MAX_LENGTH} (16,384 bytes) with 431 and the error JSON.
 
     Twisted's own channel closes the connection without a response, which

@@ -31,7 +31,7 @@ T = TypeVar("T")
 # tries again.
 CONNECT_TIMEOUT = 5
 
-# The longest wait between two reconnection attempts, in seconds. txredisapi
+# The maximum wait between two reconnection attempts, in seconds. txredisapi
 # starts at 1 s and multiplies the delay by e after each failure.
 RECONNECT_MAX_DELAY = 5
 
@@ -170,7 +170,7 @@ class CommandConnection:
 
         @raise TaskError: L{REDIS_ERROR} for an error reply (wrong type,
             dataset still loading, ...); L{REDIS_UNAVAILABLE} when Redis does
-            not answer within the timeout.
+            not reply within the timeout.
         """
         value = await self._run(self._factory.handler.get(key), "GET", key)
         if value is not None and not isinstance(value, bytes):
@@ -191,7 +191,7 @@ class CommandConnection:
 
     async def ping(self) -> None:
         """
-        Check that Redis answers.
+        Send PING and wait for the reply.
 
         @raise TaskError: as for L{get}.
         """

@@ -24,9 +24,9 @@ async def _ping_subscribers(
     """
     PING every subscriber connection and return the problems found.
 
-    When all answer, a probe channel is also subscribed and released, so
+    When all reply, a probe channel is also subscribed and released, so
     that a pool that cannot subscribe (an ACL refusal, say) is found even
-    while its connections answer PING.
+    while its connections reply to PING.
     """
     problems = []
     for index, connection in enumerate(list(pool.connections)):

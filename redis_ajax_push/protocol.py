@@ -7,7 +7,7 @@ C{<prefix>SC_<task id>}. A channel message is a JSON object whose C{status}
 is one of:
 
   - C{update} or C{done}: the task changed. When the message has a C{data}
-    field it is the whole answer and is relayed as it is; otherwise the
+    field it is the whole response and is relayed as it is; otherwise the
     watcher reads the data key again.
   - C{kill}: a newer watch of the task started; C{src} is that watch's id.
     Every older watch of the task ends with the C{killed} error, on any

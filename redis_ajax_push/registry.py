@@ -61,7 +61,7 @@ class WatchRegistry:
     def end_all(self, reactor: IReactorTime, grace: float) -> defer.Deferred[None]:
         """
         Refuse new watches, end every open one with L{SHUTTING_DOWN}, and
-        return a Deferred that fires when all have answered, or after
+        return a Deferred that fires when all have responded, or after
         C{grace} seconds at the latest.
         """
         self._closing = True

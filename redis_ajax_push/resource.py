@@ -229,7 +229,7 @@ class TaskResource:
     @app.handle_errors(NotFound, RequestRedirect)
     def no_such_path(self, request: IRequest, failure: Failure) -> bytes:
         # The task id route does not match ids with a newline in them, and
-        # werkzeug answers "/task" and "/task//id" with a redirect, which an
+        # werkzeug responds to "/task" and "/task//id" with a redirect, which an
         # API client has no use for.
         if request.path == b"/task" or request.path.startswith(b"/task/"):
             return self._error(cast(Request, request), TaskError(INVALID_TASK_ID), "")
@@ -252,9 +252,9 @@ class TaskResource:
 
 class _UTF8PathGuard(Resource):
     """
-    Answers requests whose decoded path is not UTF-8 with the error JSON.
+    Responds with the error JSON to requests whose decoded path is not UTF-8.
 
-    Klein answers them itself, with a plain text body and a logged
+    Klein responds to them itself, with a plain text body and a logged
     traceback, before any route or error handler of ours runs.
     """
 

@@ -148,7 +148,7 @@ class RapsService(MultiService):
 
     Stopping it stops listening first, then ends the open watches with the
     C{shutting_down} error, waiting at most C{shutdown_grace} seconds for
-    their answers, and closes the Redis connections last.
+    their responses, and closes the Redis connections last.
     """
 
     log = Logger()
@@ -196,7 +196,7 @@ class RapsService(MultiService):
             self._reactor, self.config.watch.shutdown_grace
         )
         if open_watches:
-            # NOTE: the answers are in the transports' write buffers; this
+            # NOTE: the responses are in the transports' write buffers; this
             # gives the reactor a moment to send them before twistd drops
             # every connection. Slow clients may still miss theirs.
             await task.deferLater(self._reactor, 0.1, lambda: None)

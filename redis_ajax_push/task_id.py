@@ -41,10 +41,10 @@ class TaskIdValidator:
 
     def check(self, task_id: str) -> ErrorKind | None:
         """
-        Return C{None} for a valid id, else the error to answer with.
+        Return C{None} for a valid id, else the error to respond with.
 
         An id that is well formed but unsigned or badly signed gets
-        L{NOT_FOUND}, the answer for a missing task, so that a client cannot
+        L{NOT_FOUND}, the response for a missing task, so that a client cannot
         tell a forged id from an unknown one.
         """
         if self._signer is None:

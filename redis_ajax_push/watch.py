@@ -31,7 +31,7 @@ class Message:
     """
     An C{update} or C{done} message. C{raw} is the message itself when it
     carries a C{data} field, to relay as it is; otherwise C{None}, and the
-    data key holds the new state. C{arrived} is the reactor time
+    data key contains the new state. C{arrived} is the reactor time
     (C{seconds()}) at which the daemon received it.
     """
 
@@ -52,7 +52,7 @@ class _Marker:
 # the data key must be read again.
 RECHECK: Final = _Marker("RECHECK")
 
-# watch_timeout passed: answer with the data key's current value.
+# watch_timeout passed: respond with the data key's current value.
 TIMEOUT: Final = _Marker("TIMEOUT")
 
 Event = Message | _Marker | TaskError

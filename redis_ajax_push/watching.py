@@ -1,7 +1,7 @@
 """
 The watch and stream modes of C{GET /task/<task id>}: admission, the
 subscribe-then-read start, the kill, heartbeats, and turning channel events
-into answers.
+into responses.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ class WatchHandler:
 
     async def watch(self, request: Request, task_id: str) -> bytes:
         """
-        Answer a watch: the data key at once when the task is done, else the
+        Respond to a watch: the data key at once when the task is done, else the
         state after the next update, kill, timeout or error.
         """
         request.setHeader(b"X-Accel-Buffering", b"no")

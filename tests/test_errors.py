@@ -91,7 +91,7 @@ async def test_empty_or_undecodable_id(daemon, path):
 @pytest_twisted.ensureDeferred
 async def test_invalid_mode_rejected(daemon, redis_client, query):
     """
-    A query string other than empty, poll or watch answers 400 with the
+    A query string other than empty, poll or watch gets 400 with the
     original's "Invalid mode" message.
     """
     redis_client.set("RA_D_m1", b'{"status": "queued"}')
@@ -123,7 +123,7 @@ BAD_DATA = [
 @pytest_twisted.ensureDeferred
 async def test_bad_task_data_rejected(daemon, redis_client, stored, query):
     """
-    A data key that is not a UTF-8 JSON object answers 502
+    A data key that is not a UTF-8 JSON object gets 502
     invalid_task_data, never the stored bytes.
     """
     redis_client.set("RA_D_bad", stored)
@@ -138,7 +138,7 @@ async def test_bad_task_data_rejected(daemon, redis_client, stored, query):
 @pytest_twisted.ensureDeferred
 async def test_wrong_type_is_redis_error(daemon, redis_client, query):
     """
-    A data key of the wrong Redis type answers 502 redis_error, and Redis's
+    A data key of the wrong Redis type gets 502 redis_error, and Redis's
     own error text is not passed through as task data.
     """
     redis_client.rpush("RA_D_list", b"x")

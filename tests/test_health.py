@@ -1,6 +1,6 @@
 """
 GET /healthz against a real redis-server: healthy only when the command
-connection and every subscriber connection answer.
+connection and every subscriber connection reply.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ async def health(daemon):
 
 
 @pytest_twisted.ensureDeferred
-async def test_healthy_daemon_answers_200(daemon, redis_client):
+async def test_healthy_daemon_returns_200(daemon, redis_client):
     """
     With Redis up, /healthz responds 200 and probes the subscriber pool even
     when no watch is open, leaving no channel behind.
@@ -54,7 +54,7 @@ async def test_redis_down_is_unhealthy(start_daemon, redis_server):
 @pytest_twisted.ensureDeferred
 async def test_lost_subscriber_is_unhealthy(daemon, redis_client):
     """
-    A subscriber connection that Redis closed makes /healthz answer 503 even
+    A subscriber connection that Redis closed makes /healthz respond 503 even
     though the command connection is fine, and 200 again once it has
     reconnected.
     """
@@ -82,9 +82,9 @@ async def test_lost_subscriber_is_unhealthy(daemon, redis_client):
 @pytest_twisted.ensureDeferred
 async def test_refused_subscribe_is_unhealthy(start_daemon, redis_server, redis_client):
     """
-    A Redis user without channel permissions makes every /healthz answer
+    A Redis user without channel permissions makes every /healthz respond
     503 with the Redis refusal, the second one too, when the first probe's
-    connection is still open and answers PING.
+    connection is still open and replies to PING.
     """
     redis_client.acl_setuser(
         "nochannels",

@@ -41,7 +41,7 @@ async def test_poll_query_equals_plain_get(daemon, redis_client):
 @pytest_twisted.ensureDeferred
 async def test_poll_missing_key_is_not_found(daemon, redis_client):
     """
-    A missing data key answers 404 with the not_found error JSON.
+    A missing data key gets 404 with the not_found error JSON.
     """
     response = await treq.get(daemon.url("/task/absent"))
 

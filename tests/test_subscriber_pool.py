@@ -74,7 +74,7 @@ async def test_channel_subscribed_once(daemon, redis_client):
 async def test_thousand_watches_bounded(start_daemon, redis_client):
     """
     1,000 concurrent watches at 16 channels per connection use at most 63
-    subscriber connections plus the command connection; once they have
+    subscriber connections plus the command connection. Once they have
     ended and the idle timeout passed, only the command connection is left.
     """
     count = 1000

@@ -245,10 +245,10 @@ async def test_watch_skips_bad_messages(daemon, redis_client, spy):
 
 
 @pytest_twisted.ensureDeferred
-async def test_heartbeats_precede_answer(start_daemon, redis_client, spy):
+async def test_heartbeats_precede_response(start_daemon, redis_client, spy):
     """
     While a watch waits, a newline goes out every heartbeat interval; the
-    answer follows them in the same 200 body.
+    response follows them in the same 200 body.
     """
     daemon = await start_daemon(watch={"heartbeat_interval": 0.05})
     redis_client.set("RA_D_t9", RUNNING)
@@ -269,7 +269,7 @@ async def test_heartbeats_precede_answer(start_daemon, redis_client, spy):
 @pytest_twisted.ensureDeferred
 async def test_heartbeat_zero_sends_none(start_daemon, redis_client, spy):
     """
-    heartbeat_interval = 0 turns heartbeats off: the body is the answer
+    heartbeat_interval = 0 turns heartbeats off: the body is the response
     alone.
     """
     daemon = await start_daemon(watch={"heartbeat_interval": 0})
@@ -288,7 +288,7 @@ async def test_heartbeat_zero_sends_none(start_daemon, redis_client, spy):
 @pytest_twisted.ensureDeferred
 async def test_error_after_heartbeat_in_body(start_daemon, redis_client, spy):
     """
-    A watch killed after a heartbeat went out answers 200, because the
+    A watch killed after a heartbeat went out gets 200, because the
     status line is already sent, and carries the error in the body.
     """
     daemon = await start_daemon(watch={"heartbeat_interval": 0.05})
