@@ -17,6 +17,7 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from redis_ajax_push.errors import REDIS_ERROR, REDIS_UNAVAILABLE, ErrorKind, TaskError
 from redis_ajax_push.logs import RepeatedWarnings
@@ -164,44 +165,53 @@ class CommandConnection:
     def connected(self) -> bool:
         return self._factory.size > 0
 
-    async def get(self, key: str) -> bytes | None:
+    def get(self, key: str) -> defer.Deferred[bytes | None]:
         """
         Read a key's value: its bytes, or C{None} when it does not exist.
 
-        @raise TaskError: L{REDIS_ERROR} for an error reply (wrong type,
-            dataset still loading, ...); L{REDIS_UNAVAILABLE} when Redis does
-            not reply within the timeout.
+        The Deferred fails with L{TaskError}: L{REDIS_ERROR} for an error
+        reply (wrong type, ...) or a reply that is not a string,
+        L{REDIS_UNAVAILABLE} when Redis does not reply within the timeout or
+        replies that it is not ready (dataset still loading, ...).
         """
-        value = await self._run(self._factory.handler.get(key), "GET", key)
-        if value is not None and not isinstance(value, bytes):
-            raise TaskError(REDIS_ERROR, f"GET {key} returned {type(value).__name__}")
-        return value
+        return self._send("GET", key).addCallback(_check_string, key)
 
-    async def publish(self, channel: str, message: bytes) -> int:
+    def publish(self, channel: str, message: bytes) -> defer.Deferred[int]:
         """
-        Publish C{message} on C{channel} and return how many subscribers
-        received it.
-
-        @raise TaskError: as for L{get}.
+        Publish C{message} on C{channel}; the Deferred fires with how many
+        subscribers received it, or fails as for L{get}.
         """
-        count: int = await self._run(
-            self._factory.handler.publish(channel, message), "PUBLISH", channel
-        )
-        return count
+        return self._send("PUBLISH", channel, message)
 
-    async def ping(self) -> None:
+    def ping(self) -> defer.Deferred[Any]:
         """
-        Send PING and wait for the reply.
-
-        @raise TaskError: as for L{get}.
+        Send PING; the Deferred fires with the reply, or fails as for L{get}.
         """
-        await self._run(self._factory.handler.ping(), "PING", "")
+        return self._send("PING")
 
-    async def _run(self, command: defer.Deferred[Any], name: str, target: str) -> Any:
-        command.addTimeout(self._timeout, self._reactor)
+    def _send(self, name: str, *args: str | bytes) -> defer.Deferred[Any]:
+        # The hot path: while the connection is up, hand the command straight
+        # to the protocol, rather than through txredisapi's connection
+        # handler, which waits for a connection in an inlineCallbacks
+        # generator on every call.
+        protocol = self._factory.pool[0] if self._factory.pool else None
         try:
-            return await command
-        except txredisapi.ResponseError as error:
+            if protocol is not None and protocol.connected:
+                sent = protocol.execute_command(name, *args)
+            else:
+                # Waits for the lazy connection, within the timeout below.
+                sent = self._factory.handler.execute_command(name, *args)
+        except Exception:
+            sent = defer.fail()
+        sent.addTimeout(self._timeout, self._reactor)
+        target = args[0] if args else ""
+        return sent.addErrback(self._command_failed, name, target)
+
+    def _command_failed(self, failure: Failure, name: str, target: str | bytes) -> None:
+        if isinstance(target, bytes):
+            target = target.decode("utf-8", "replace")
+        error = failure.value
+        if isinstance(error, txredisapi.ResponseError):
             # The first word of an error reply is its code, such as WRONGTYPE.
             code = str(error).split(" ", 1)[0]
             self._warnings.warn(
@@ -212,11 +222,18 @@ class CommandConnection:
                 target=redact(target),
                 error=str(error),
             )
-            raise TaskError(reply_error_kind(error), str(error)) from None
-        except txredisapi.ConnectionError as error:
-            raise TaskError(REDIS_UNAVAILABLE, f"{name}: {error}") from None
-        except defer.TimeoutError:
+            raise TaskError(reply_error_kind(error), str(error))
+        if isinstance(error, txredisapi.ConnectionError):
+            raise TaskError(REDIS_UNAVAILABLE, f"{name}: {error}")
+        if isinstance(error, defer.TimeoutError):
             raise TaskError(
                 REDIS_UNAVAILABLE,
                 f"{name}: no answer within {self._timeout} s",
-            ) from None
+            )
+        failure.raiseException()
+
+
+def _check_string(value: object, key: str) -> bytes | None:
+    if value is not None and not isinstance(value, bytes):
+        raise TaskError(REDIS_ERROR, f"GET {key} returned {type(value).__name__}")
+    return value

@@ -9,15 +9,18 @@ L{redis_ajax_push.protocol}.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any, cast
 
 from klein import Klein
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
@@ -49,7 +52,14 @@ from redis_ajax_push.watching import WatchHandler
 
 INTERNAL_ERROR = ErrorKind("internal_error", "Internal server error", 500)
 
+# Task ids that Klein's route would pass on unchanged.
+_PLAIN_ID = re.compile(rb"[A-Za-z0-9_.~-]+")
+
 _MODES = {b"": "poll", b"poll": "poll", b"watch": "watch", b"stream": "stream"}
+
+
+def _task_data(task: tuple[bytes, dict[str, Any]]) -> bytes:
+    return task[0]
 
 
 class TaskResource:
@@ -102,7 +112,7 @@ class TaskResource:
         Return the Twisted Web resource to serve.
         """
         return _UTF8PathGuard(
-            self.app.resource(), self._legacy_status_codes, self._cors
+            self.app.resource(), self._legacy_status_codes, self._cors, self.serve_task
         )
 
     # These routes take every method, so that a file switched off in the
@@ -169,34 +179,95 @@ class TaskResource:
 
     @app.route("/task/<path:task_id>", methods=["GET"])
     async def task(self, request: Request, task_id: str) -> bytes:
+        return await self._respond(request, task_id)
+
+    def _respond(self, request: Request, task_id: str) -> defer.Deferred[bytes]:
+        """
+        Respond to C{GET /task/<task id>} in the mode its query string names.
+        The Deferred fires with the rest of the body, error JSON included;
+        it fails only on a bug.
+        """
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
         _, _, query = request.uri.partition(b"?")
         mode = _MODES.get(query)
         set_mode(request, mode or "invalid")
+        rejection = self._validator.check(task_id)
+        if rejection is None and mode is None:
+            rejection = INVALID_MODE
+        if rejection is not None or mode is None:
+            error = TaskError(rejection or INVALID_MODE)
+            return defer.succeed(self._error(request, error, task_id))
+        if mode == "poll":
+            return self._read_task(task_id).addCallbacks(
+                _task_data, self._task_failed, errbackArgs=(request, task_id)
+            )
+        return defer.ensureDeferred(self._follow(request, task_id, mode))
+
+    async def _follow(self, request: Request, task_id: str, mode: str) -> bytes:
         try:
-            rejection = self._validator.check(task_id)
-            if rejection is not None:
-                raise TaskError(rejection)
-            if mode is None:
-                raise TaskError(INVALID_MODE)
             if mode == "watch":
                 return await self._watching.watch(request, task_id)
-            if mode == "stream":
-                return await self._watching.stream(request, task_id)
-            raw, _ = await self._read_task(task_id)
-            return raw
+            return await self._watching.stream(request, task_id)
         except TaskError as error:
             return self._error(request, error, task_id)
 
-    async def _read_task(self, task_id: str) -> tuple[bytes, dict[str, Any]]:
-        """
-        Read a task's data key and return its bytes and decoded JSON.
+    def _task_failed(self, failure: Failure, request: Request, task_id: str) -> bytes:
+        failure.trap(TaskError)
+        return self._error(request, cast(TaskError, failure.value), task_id)
 
-        @raise TaskError: when the key is missing, too large or not a JSON
-            object, or when Redis fails.
+    def serve_task(self, request: Request) -> int | None:
         """
-        raw = await self._commands.get(self._keys.data_key(task_id))
+        Serve C{GET /task/<task id>} for a plain task id without Klein, or
+        return C{None} to leave the request to Klein's route.
+
+        Task requests are nearly all the daemon serves, and Klein's routing
+        costs as much as the rest of a poll. A plain id is one that the
+        route would pass on unchanged: no percent-encoding, no slash and not
+        a dot segment. The others take the route, which decodes them, and
+        get the same response.
+        """
+        raw_id = request.path[len(b"/task/") :]
+        if _PLAIN_ID.fullmatch(raw_id) is None or raw_id in (b".", b".."):
+            return None
+        responding = self._respond(request, raw_id.decode("ascii"))
+        if not responding.called:
+            # As Klein does: a client that hangs up cancels the response, which
+            # ends its watch.
+            request.notifyFinish().addErrback(lambda _: responding.cancel())
+        responding.addCallbacks(
+            self._finish,
+            self._finish_failed,
+            callbackArgs=(request,),
+            errbackArgs=(request,),
+        )
+        return NOT_DONE_YET
+
+    def _finish(self, body: bytes, request: Request) -> None:
+        # A client that hung up has been counted as disconnected already.
+        if request.channel is None:
+            return
+        if body:
+            request.write(body)
+        request.finish()
+
+    def _finish_failed(self, failure: Failure, request: Request) -> None:
+        if request.channel is None:
+            return
+        self._finish(self.internal_error(request, failure), request)
+
+    def _read_task(self, task_id: str) -> defer.Deferred[tuple[bytes, dict[str, Any]]]:
+        """
+        Read a task's data key; the Deferred fires with its bytes and
+        decoded JSON.
+
+        It fails with L{TaskError} when the key is missing, too large or not
+        a JSON object, or when Redis fails.
+        """
+        reading = self._commands.get(self._keys.data_key(task_id))
+        return reading.addCallback(self._check_task_data)
+
+    def _check_task_data(self, raw: bytes | None) -> tuple[bytes, dict[str, Any]]:
         if raw is None:
             raise TaskError(NOT_FOUND)
         if len(raw) > self._max_message_bytes:
@@ -261,10 +332,15 @@ class _UTF8PathGuard(Resource):
     isLeaf = True
 
     def __init__(
-        self, wrapped: Resource, legacy_status_codes: bool, cors: CORSPolicy
+        self,
+        wrapped: Resource,
+        legacy_status_codes: bool,
+        cors: CORSPolicy,
+        serve_task: Callable[[Request], int | None],
     ) -> None:
         super().__init__()
         self._wrapped = wrapped
+        self._serve_task = serve_task
         self._legacy_status_codes = legacy_status_codes
         self._cors = cors
 
@@ -272,6 +348,10 @@ class _UTF8PathGuard(Resource):
         # Every response passes here before anything is written, so the CORS
         # headers reach errors and streamed responses too.
         self._cors.add_response_headers(request)
+        if request.method == b"GET" and request.path.startswith(b"/task/"):
+            served = self._serve_task(request)
+            if served is not None:
+                return served
         on_task_path = request.path == b"/task" or request.path.startswith(b"/task/")
         # With CORS off, OPTIONS stays a method_not_allowed error.
         if request.method == b"OPTIONS" and on_task_path and self._cors.enabled:

@@ -17,7 +17,7 @@ import struct
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.internet.task import LoopingCall
 
 from redis_ajax_push.watch import Watch
@@ -61,15 +61,14 @@ def pause_before(daemon, redis_client, command, mode="ALL"):
     real = getattr(commands, command)
     sent = []
 
-    async def paused(*args):
+    def paused(*args):
         if sent:
-            return await real(*args)
+            return real(*args)
         redis_client.client_pause(PAUSE_MS, all=mode == "ALL")
-        # ensureDeferred runs the coroutine up to its first wait, which is
-        # after the command went out.
-        in_flight = defer.ensureDeferred(real(*args))
+        # The command is written before its Deferred is returned.
+        in_flight = real(*args)
         sent.append(True)
-        return await in_flight
+        return in_flight
 
     setattr(commands, command, paused)
     return sent

@@ -203,9 +203,9 @@ async def test_watch_reads_after_subscribing(daemon, redis_client):
     real_get = commands.get
     subscribers_at_get = []
 
-    async def recording_get(key):
+    def recording_get(key):
         subscribers_at_get.append(redis_client.pubsub_numsub("RA_SC_t7")[0][1])
-        return await real_get(key)
+        return real_get(key)
 
     commands.get = recording_get
     response = await watch(daemon, "t7")
