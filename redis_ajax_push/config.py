@@ -43,7 +43,7 @@ class RedisConfig:
         default_factory=lambda: parse_redis_url("redis://127.0.0.1:6379/0")
     )
     prefix: str = "RA_"
-    channels_per_connection: int = 16
+    channels_per_connection: int = 1000
     command_timeout: float = 2.0
     subscriber_idle_timeout: float = 30.0
 

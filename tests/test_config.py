@@ -72,7 +72,7 @@ def test_defaults_without_file():
     assert config.http.legacy_status_codes is False
     assert config.redis.url == parse_redis_url("redis://127.0.0.1:6379/0")
     assert config.redis.prefix == "RA_"
-    assert config.redis.channels_per_connection == 16
+    assert config.redis.channels_per_connection == 1000
     assert config.redis.command_timeout == 2.0
     assert config.redis.subscriber_idle_timeout == 30.0
     assert config.watch.heartbeat_interval == 10.0
@@ -120,7 +120,7 @@ def test_partial_section_keeps_other_defaults(tmp_path):
 
     assert config.redis.prefix == "X_"
     assert config.redis.url == RedisConfig().url
-    assert config.redis.channels_per_connection == 16
+    assert config.redis.channels_per_connection == 1000
     assert config.http == HTTPConfig()
 
 
