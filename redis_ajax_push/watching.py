@@ -12,9 +12,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from redis_ajax_push import sse
@@ -22,6 +20,7 @@ from redis_ajax_push.channel import set_outcome
 from redis_ajax_push.commands import CommandConnection
 from redis_ajax_push.config import Config
 from redis_ajax_push.errors import KILLED, TaskError
+from redis_ajax_push.heartbeat import HeartbeatWheel
 from redis_ajax_push.logs import RepeatedWarnings
 from redis_ajax_push.metrics import Metrics
 from redis_ajax_push.protocol import DONE, UPDATE, TaskKeys, kill_message
@@ -65,6 +64,12 @@ class WatchHandler:
             config.limits.max_watches, config.limits.max_watches_per_client
         )
         self._metrics = metrics
+        interval = config.watch.heartbeat_interval
+        self._heartbeats = (
+            HeartbeatWheel(interval, reactor, metrics.heartbeats.inc)
+            if interval > 0
+            else None
+        )
         self._gauges = {
             mode: metrics.watch_gauges(mode) for mode in ("watch", "stream")
         }
@@ -120,30 +125,18 @@ class WatchHandler:
             watch.start_timeout(self._limits.watch_timeout)
 
     @contextmanager
-    def _heartbeat(
-        self, request: Request, payload: bytes, task_id: str
-    ) -> Iterator[None]:
+    def _heartbeat(self, request: Request, payload: bytes) -> Iterator[None]:
         """
         Write C{payload} every heartbeat interval while the block runs.
         """
-        interval = self._watch_config.heartbeat_interval
-        if interval <= 0:
+        if self._heartbeats is None:
             yield
             return
-        heartbeat = LoopingCall(self._write_heartbeat, request, payload)
-        heartbeat.clock = self._reactor
-        stopped = heartbeat.start(interval, now=False)
-        stopped.addErrback(self._log_heartbeat_failure, task_id)
+        entry = self._heartbeats.join(request, payload)
         try:
             yield
         finally:
-            # A failed write has stopped the LoopingCall already.
-            if heartbeat.running:
-                heartbeat.stop()
-
-    def _write_heartbeat(self, request: Request, payload: bytes) -> None:
-        request.write(payload)
-        self._metrics.heartbeats.inc()
+            self._heartbeats.leave(entry)
 
     def _observe_delivery(self, event: Event) -> None:
         """
@@ -153,13 +146,6 @@ class WatchHandler:
         if isinstance(event, Message):
             latency = self._reactor.seconds() - event.arrived
             self._metrics.delivery_latency.observe(latency)
-
-    def _log_heartbeat_failure(self, failure: Failure, task_id: str) -> None:
-        self.log.failure(
-            "Heartbeat of the watch of task {task_id} failed",
-            failure,
-            task_id=redact(task_id),
-        )
 
     async def _resolve(
         self, watch: Watch, event: Event, last_sent: bytes
@@ -198,7 +184,7 @@ class WatchHandler:
             if document.get("status") == DONE:
                 return raw
             await self._announce(watch)
-            with self._heartbeat(request, WATCH_HEARTBEAT, task_id):
+            with self._heartbeat(request, WATCH_HEARTBEAT):
                 while True:
                     event = await watch.wait()
                     resolved = await self._resolve(watch, event, raw)
@@ -226,7 +212,7 @@ class WatchHandler:
                 return b""
             try:
                 await self._announce(watch)
-                with self._heartbeat(request, sse.HEARTBEAT, task_id):
+                with self._heartbeat(request, sse.HEARTBEAT):
                     last_sent = raw
                     while True:
                         event = await watch.wait()
