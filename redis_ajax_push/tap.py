@@ -54,17 +54,27 @@ class Options(usage.Options):
 
     def _choose_log_observer(self) -> None:
         """
-        With C{[log] format = "json"}, make twistd log through
-        L{json_log_observer}, unless C{twistd --logger} chose an observer.
+        Choose twistd's log observer, unless C{twistd --logger} chose one:
+        L{json_log_observer} for C{[log] format = "json"}, and for text
+        L{text_log_observer} when twistd would write to stdout (C{-n} with
+        no C{--logfile}, as under systemd); with a log file twistd's own
+        observer, which rotates it, stays.
 
         twistd builds its logger from its own options after the plugin's
         options are parsed, so setting its C{logger} option here is enough.
         """
         twistd_options = getattr(self, "parent", None)
-        if self.config.log.format != "json" or twistd_options is None:
+        if twistd_options is None or twistd_options.get("logger") is not None:
             return
-        if twistd_options.get("logger") is None:
+        if self.config.log.format == "json":
             twistd_options["logger"] = "redis_ajax_push.logs.json_log_observer"
+            return
+        to_stdout = twistd_options.get("logfile") in (None, "-")
+        if twistd_options.get("nodaemon") and to_stdout:
+            if not twistd_options.get("syslog"):
+                twistd_options["logger"] = (
+                    "redis_ajax_push.log_output.text_log_observer"
+                )
 
 
 class _CleanExitOnSIGTERM(Service):
