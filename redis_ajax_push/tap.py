@@ -4,6 +4,8 @@ The C{twistd raps} command: its options and the service tree it runs.
 
 from __future__ import annotations
 
+import gc
+import platform
 import signal
 from typing import Any
 
@@ -99,6 +101,31 @@ class _CleanExitOnSIGTERM(Service):
         self._reactor.callFromThread(self._reactor.stop)
 
 
+# CPython's garbage collector thresholds for the daemon. With the defaults
+# (700, 10, 10), a daemon holding 10,000 watches spent about half of each
+# watch's setup and of a burst of done messages in collections, and full
+# collections over its hundreds of thousands of live objects stalled a
+# paced load for up to 0.7 s. Collecting the youngest generation every
+# 100,000 allocations instead of 700 makes collections rare: a burst of
+# 10,000 done messages went from 166 to 90 us of CPU per watch, and the
+# paced p99 from 679 ms to under 2 ms (docs/performance.md). The cost is
+# cyclic garbage living longer: a few MB at most.
+GC_THRESHOLDS = (100_000, 20, 10)
+
+
+def tune_garbage_collector() -> None:
+    """
+    Set L{GC_THRESHOLDS} and move every object alive now (modules, config,
+    the service tree) out of the collector's sight, so that no collection
+    walks them again. Only CPython has these knobs; PyPy's collector needs
+    neither.
+    """
+    if platform.python_implementation() != "CPython":
+        return
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Build the service tree of one daemon from parsed options.
@@ -109,4 +136,5 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = default_reactor
     daemon = RapsService(options.config, reactor)
     _CleanExitOnSIGTERM(reactor).setServiceParent(daemon)
+    tune_garbage_collector()
     return daemon

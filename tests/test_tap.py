@@ -5,7 +5,9 @@ as a subprocess against the session's redis-server.
 
 from __future__ import annotations
 
+import gc
 import json
+import platform
 import signal
 import subprocess
 import sys
@@ -22,7 +24,12 @@ from twisted.python.failure import Failure
 from redis_ajax_push.config import Config
 from redis_ajax_push.redis_url import parse_redis_url
 from redis_ajax_push.service import HTTPService, RedisService
-from redis_ajax_push.tap import Options, _CleanExitOnSIGTERM, makeService
+from redis_ajax_push.tap import (
+    GC_THRESHOLDS,
+    Options,
+    _CleanExitOnSIGTERM,
+    makeService,
+)
 from redis_ajax_push.testing import free_port
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
@@ -142,6 +149,34 @@ MEMORY_ARGUMENTS = [
     "--redis",
     "redis://127.0.0.1:6390",
 ]
+
+
+@pytest.fixture(autouse=True)
+def restored_gc():
+    """
+    Undo makeService's garbage collector settings after each test, so that
+    the rest of the session runs with the interpreter's defaults.
+    """
+    thresholds = gc.get_threshold()
+    yield
+    gc.set_threshold(*thresholds)
+    gc.unfreeze()
+
+
+@pytest.mark.skipif(
+    platform.python_implementation() != "CPython", reason="CPython's collector"
+)
+def test_make_service_tunes_gc():
+    """
+    makeService sets the daemon's garbage collector thresholds and freezes
+    the objects alive at startup, the service tree among them.
+    """
+    gc.unfreeze()
+
+    makeService(parse_options(MEMORY_ARGUMENTS), reactor=MemoryReactorClock())
+
+    assert gc.get_threshold() == GC_THRESHOLDS
+    assert gc.get_freeze_count() > 0
 
 
 def test_make_service_children():
