@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
@@ -49,6 +50,13 @@ class RapsRequest(Request):
 
     raps_mode: str | None = None
     raps_outcome = "ok"
+    # Cancelled when the client hangs up before the response is finished: a
+    # cheaper hook than a notifyFinish Deferred, for requests that wait long.
+    raps_cancel_on_hang_up: Deferred[Any] | None = None
+    # Headers that the response gets when it starts, unless they were set
+    # before: a task request shares one tuple instead of holding its own
+    # header entries while it waits, which for a watch is for long.
+    raps_lazy_headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -66,11 +74,54 @@ class RapsRequest(Request):
         if on_done is not None:
             on_done(self)
 
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting and self.raps_lazy_headers:
+            headers = self.responseHeaders
+            for name, value in self.raps_lazy_headers:
+                if not headers.hasHeader(name):
+                    headers.setRawHeaders(name, [value])
+        super().write(data)
+
     def connectionLost(self, reason: Any) -> None:
         if not self.finished:
             self.raps_outcome = "disconnected"
             self.raps_report()
         super().connectionLost(reason)
+        if not self.finished and self.raps_cancel_on_hang_up is not None:
+            responding, self.raps_cancel_on_hang_up = self.raps_cancel_on_hang_up, None
+            responding.cancel()
+
+    def gotLength(self, length: int | None) -> None:
+        # Twisted gives every request a BytesIO for its body; raps serves
+        # only GET, HEAD and OPTIONS, and thousands of watches wait at once.
+        if length == 0:
+            self.content = _NO_BODY
+            return
+        super().gotLength(length)
+
+
+class _NoBody:
+    """
+    The content of a request without a body: reading it returns nothing.
+    """
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        raise ValueError("a request without a body got body data")
+
+    def close(self) -> None:
+        pass
+
+
+_NO_BODY = _NoBody()
 
 
 def set_outcome(request: Any, outcome: str) -> None:

@@ -17,23 +17,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-# The wheel turns SLOTS times per heartbeat interval, so a response's first
-# heartbeat comes between 9/10 of the interval and the full interval after
-# it joined, and the next ones exactly one interval apart.
-SLOTS = 10
-
-
-class HeartbeatSlot:
-    """
-    One response's place on the wheel; L{HeartbeatWheel.leave} takes it.
-    """
-
-    __slots__ = ("request", "payload", "slot")
-
-    def __init__(self, request: Request, payload: bytes, slot: int) -> None:
-        self.request = request
-        self.payload = payload
-        self.slot = slot
+# The wheel turns one slot per tick. A tick is a hundredth of the interval,
+# so a response's first heartbeat comes between 99/100 of the interval and
+# the full interval after it joined, and the writes of a daemon's heartbeats
+# are spread over a hundred moments per interval rather than bunched. Ticks
+# are never shorter than MIN_TICK seconds; short intervals get fewer slots.
+MAX_SLOTS = 100
+MIN_TICK = 0.01
 
 
 class HeartbeatWheel:
@@ -41,10 +31,10 @@ class HeartbeatWheel:
     Writes each joined response's payload once per C{interval} seconds
     until it leaves.
 
-    The wheel has L{SLOTS} slots and turns one slot per tick of
-    C{interval / SLOTS} seconds, writing the payloads of that slot's
-    responses. A response joins the slot the wheel reaches one full turn
-    later. The LoopingCall runs only while a response is on the wheel.
+    The wheel turns one slot per tick (see L{MAX_SLOTS}), writing the
+    payloads of that slot's responses. A response joins the slot the wheel
+    reaches one full turn later. The LoopingCall runs only while a response
+    is on the wheel.
     """
 
     log = Logger()
@@ -55,43 +45,54 @@ class HeartbeatWheel:
         reactor: IReactorTime,
         on_heartbeat: Callable[[], None] = lambda: None,
     ) -> None:
-        self._slots: list[dict[int, HeartbeatSlot]] = [{} for _ in range(SLOTS)]
+        slots = max(1, min(MAX_SLOTS, round(interval / MIN_TICK)))
+        # Each slot maps its responses to their payloads.
+        self._slots: list[dict[Request, bytes]] = [{} for _ in range(slots)]
         self._position = 0
         self._count = 0
         self._on_heartbeat = on_heartbeat
-        self._tick = interval / SLOTS
-        self._turning = LoopingCall(self._turn)
+        self._tick = interval / slots
+        self._turning = LoopingCall.withCount(self._turn)
         self._turning.clock = reactor
 
-    def join(self, request: Request, payload: bytes) -> HeartbeatSlot:
+    def join(self, request: Request, payload: bytes) -> int:
         """
-        Start writing C{payload} to C{request} every interval.
+        Start writing C{payload} to C{request} every interval, and return
+        the slot to give to L{leave}.
         """
-        entry = HeartbeatSlot(request, payload, self._position)
-        self._slots[self._position][id(entry)] = entry
+        slot = self._position
+        self._slots[slot][request] = payload
         self._count += 1
         if not self._turning.running:
             self._turning.start(self._tick, now=False)
-        return entry
+        return slot
 
-    def leave(self, entry: HeartbeatSlot) -> None:
+    def leave(self, request: Request, slot: int) -> None:
         """
-        Stop the heartbeats of C{entry}; leaving twice is harmless.
+        Stop the heartbeats of C{request}, which joined C{slot}; leaving
+        twice is harmless.
         """
-        if self._slots[entry.slot].pop(id(entry), None) is None:
+        if self._slots[slot].pop(request, None) is None:
             return
         self._count -= 1
         if not self._count and self._turning.running:
             self._turning.stop()
 
-    def _turn(self) -> None:
-        self._position = (self._position + 1) % SLOTS
-        for entry in list(self._slots[self._position].values()):
+    def _turn(self, ticks: int) -> None:
+        # When the reactor was busy for longer than a tick, LoopingCall calls
+        # once for all the ticks that passed; every slot passed over gets its
+        # heartbeats, late rather than never.
+        for _ in range(min(ticks, len(self._slots))):
+            self._position = (self._position + 1) % len(self._slots)
+            self._beat(self._position)
+
+    def _beat(self, slot: int) -> None:
+        for request, payload in list(self._slots[slot].items()):
             try:
-                entry.request.write(entry.payload)
+                request.write(payload)
             except Exception:
                 # One broken response must not stop the others' heartbeats.
                 self.log.failure("Writing a heartbeat failed")
-                self.leave(entry)
+                self.leave(request, slot)
                 continue
             self._on_heartbeat()

@@ -24,7 +24,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
-from redis_ajax_push.channel import set_mode, set_outcome
+from redis_ajax_push.channel import RapsRequest, set_mode, set_outcome
 from redis_ajax_push.client_files import StaticFile, client_file, demo_file
 from redis_ajax_push.commands import CommandConnection
 from redis_ajax_push.config import Config
@@ -55,10 +55,19 @@ INTERNAL_ERROR = ErrorKind("internal_error", "Internal server error", 500)
 # Task ids that Klein's route would pass on unchanged.
 _PLAIN_ID = re.compile(rb"[A-Za-z0-9_.~-]+")
 
+# The headers of every task response, and of watches and streams, set when
+# the response starts (see RapsRequest.raps_lazy_headers).
+_TASK_HEADERS = (
+    (b"Content-Type", b"application/json"),
+    (b"Cache-Control", b"no-store"),
+)
+# X-Accel-Buffering stops nginx from holding heartbeats back.
+_FOLLOW_HEADERS = (*_TASK_HEADERS, (b"X-Accel-Buffering", b"no"))
+
 _MODES = {b"": "poll", b"poll": "poll", b"watch": "watch", b"stream": "stream"}
 
 
-def _task_data(task: tuple[bytes, dict[str, Any]]) -> bytes:
+def _task_data(task: tuple[bytes, object]) -> bytes:
     return task[0]
 
 
@@ -98,7 +107,14 @@ class TaskResource:
         self._health_timeout = config.redis.command_timeout
         self._max_message_bytes = config.limits.max_message_bytes
         self._watching = WatchHandler(
-            config, commands, pool, self._read_task, reactor, metrics, self._warnings
+            config,
+            commands,
+            pool,
+            self._read_task,
+            self._error,
+            reactor,
+            metrics,
+            self._warnings,
         )
         self.watches = self._watching.watches
         self._client: StaticFile | None = (
@@ -187,11 +203,16 @@ class TaskResource:
         The Deferred fires with the rest of the body, error JSON included;
         it fails only on a bug.
         """
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Cache-Control", b"no-store")
         _, _, query = request.uri.partition(b"?")
         mode = _MODES.get(query)
         set_mode(request, mode or "invalid")
+        if isinstance(request, RapsRequest):
+            request.raps_lazy_headers = (
+                _TASK_HEADERS if mode == "poll" else _FOLLOW_HEADERS
+            )
+        else:
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(b"Cache-Control", b"no-store")
         rejection = self._validator.check(task_id)
         if rejection is None and mode is None:
             rejection = INVALID_MODE
@@ -202,15 +223,8 @@ class TaskResource:
             return self._read_task(task_id).addCallbacks(
                 _task_data, self._task_failed, errbackArgs=(request, task_id)
             )
-        return defer.ensureDeferred(self._follow(request, task_id, mode))
-
-    async def _follow(self, request: Request, task_id: str, mode: str) -> bytes:
-        try:
-            if mode == "watch":
-                return await self._watching.watch(request, task_id)
-            return await self._watching.stream(request, task_id)
-        except TaskError as error:
-            return self._error(request, error, task_id)
+        follow = self._watching.watch if mode == "watch" else self._watching.stream
+        return defer.ensureDeferred(follow(request, task_id))
 
     def _task_failed(self, failure: Failure, request: Request, task_id: str) -> bytes:
         failure.trap(TaskError)
@@ -234,32 +248,27 @@ class TaskResource:
         if not responding.called:
             # As Klein does: a client that hangs up cancels the response, which
             # ends its watch.
-            request.notifyFinish().addErrback(lambda _: responding.cancel())
-        responding.addCallbacks(
-            self._finish,
-            self._finish_failed,
-            callbackArgs=(request,),
-            errbackArgs=(request,),
-        )
+            if isinstance(request, RapsRequest):
+                request.raps_cancel_on_hang_up = responding
+            else:
+                request.notifyFinish().addErrback(lambda _: responding.cancel())
+        responding.addBoth(self._finish, request)
         return NOT_DONE_YET
 
-    def _finish(self, body: bytes, request: Request) -> None:
+    def _finish(self, body: bytes | Failure, request: Request) -> None:
         # A client that hung up has been counted as disconnected already.
         if request.channel is None:
             return
+        if isinstance(body, Failure):
+            body = self.internal_error(request, body)
         if body:
             request.write(body)
         request.finish()
 
-    def _finish_failed(self, failure: Failure, request: Request) -> None:
-        if request.channel is None:
-            return
-        self._finish(self.internal_error(request, failure), request)
-
-    def _read_task(self, task_id: str) -> defer.Deferred[tuple[bytes, dict[str, Any]]]:
+    def _read_task(self, task_id: str) -> defer.Deferred[tuple[bytes, object]]:
         """
-        Read a task's data key; the Deferred fires with its bytes and
-        decoded JSON.
+        Read a task's data key; the Deferred fires with its bytes and the
+        value of the C{status} field of its JSON object.
 
         It fails with L{TaskError} when the key is missing, too large or not
         a JSON object, or when Redis fails.
@@ -267,12 +276,12 @@ class TaskResource:
         reading = self._commands.get(self._keys.data_key(task_id))
         return reading.addCallback(self._check_task_data)
 
-    def _check_task_data(self, raw: bytes | None) -> tuple[bytes, dict[str, Any]]:
+    def _check_task_data(self, raw: bytes | None) -> tuple[bytes, object]:
         if raw is None:
             raise TaskError(NOT_FOUND)
         if len(raw) > self._max_message_bytes:
             raise TaskError(TASK_DATA_TOO_LARGE, f"data key of {len(raw)} bytes")
-        return raw, parse_task_json(raw)
+        return raw, parse_task_json(raw).get("status")
 
     def _error(self, request: Request, error: TaskError, task_id: str) -> bytes:
         kind = error.kind

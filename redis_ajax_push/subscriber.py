@@ -81,6 +81,8 @@ class Channel:
     One subscribed channel and the listeners of this daemon that wait on it.
     """
 
+    __slots__ = ("name", "connection", "listeners", "confirmed", "lost", "_waiting")
+
     def __init__(self, name: str, connection: SubscriberConnection) -> None:
         self.name = name
         self.connection = connection
@@ -91,18 +93,22 @@ class Channel:
         self.confirmed = False
         # Set when a confirmed subscription is lost with its connection.
         self.lost = False
-        self._waiting: list[defer.Deferred[None]] = []
+        # Created by the first listener that waits; most channels never
+        # have a second one.
+        self._waiting: list[defer.Deferred[None]] | None = None
 
     def when_confirmed(self) -> defer.Deferred[None]:
         if self.confirmed:
             return defer.succeed(None)
         waiter: defer.Deferred[None] = defer.Deferred()
+        if self._waiting is None:
+            self._waiting = []
         self._waiting.append(waiter)
         return waiter
 
     def confirm(self) -> None:
         self.confirmed = True
-        waiting, self._waiting = self._waiting, []
+        waiting, self._waiting = self._waiting or [], None
         for waiter in waiting:
             waiter.callback(None)
         if self.lost:
@@ -114,7 +120,7 @@ class Channel:
         """
         Fail the confirmations still awaited.
         """
-        waiting, self._waiting = self._waiting, []
+        waiting, self._waiting = self._waiting or [], None
         for waiter in waiting:
             waiter.errback(error)
 
@@ -136,6 +142,8 @@ class Subscription:
     """
     One listener's hold on a channel; L{close} releases it.
     """
+
+    __slots__ = ("_pool", "_channel", "_listener", "_closed")
 
     def __init__(
         self, pool: SubscriberPool, channel: Channel, listener: Listener

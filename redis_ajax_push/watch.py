@@ -75,6 +75,24 @@ class Watch:
 
     log = Logger()
 
+    # Tens of thousands of watches can be open at once: slots keep each
+    # without an instance dict, and the queue and the timers exist only
+    # once something needs them.
+    __slots__ = (
+        "task_id",
+        "watch_id",
+        "opened_at",
+        "_warnings",
+        "_reactor",
+        "_max_message_bytes",
+        "_resubscribe_timeout",
+        "_final",
+        "_queue",
+        "_waiter",
+        "_timers",
+        "_kills_armed",
+    )
+
     def __init__(
         self,
         task_id: str,
@@ -90,10 +108,12 @@ class Watch:
         self._reactor = reactor
         self._max_message_bytes = max_message_bytes
         self._resubscribe_timeout = resubscribe_timeout
+        # The reactor time at which the watch was admitted.
+        self.opened_at = 0.0
         self._final: TaskError | _Marker | None = None
-        self._queue: deque[Event] = deque()
+        self._queue: deque[Event] | None = None
         self._waiter: defer.Deferred[Event] | None = None
-        self._timers: dict[str, IDelayedCall] = {}
+        self._timers: dict[str, IDelayedCall] | None = None
         # Kills count only once this watch's own kill came back on the
         # channel: Redis delivers a channel's messages in publish order, so
         # any kill before that echo was published before this watch's and
@@ -122,8 +142,9 @@ class Watch:
             return defer.succeed(self._final)
         if self._queue:
             return defer.succeed(self._queue.popleft())
-        self._waiter = defer.Deferred()
-        return self._waiter
+        waiter: defer.Deferred[Event] = defer.Deferred()
+        self._waiter = waiter
+        return waiter
 
     def _wake(self) -> None:
         if self._waiter is None:
@@ -138,6 +159,12 @@ class Watch:
         waiter.callback(event)
 
     def _push(self, event: Event) -> None:
+        if self._waiter is not None and not self._queue and self._final is None:
+            waiter, self._waiter = self._waiter, None
+            waiter.callback(event)
+            return
+        if self._queue is None:
+            self._queue = deque()
         if len(self._queue) >= MAX_QUEUED_EVENTS:
             self._queue.clear()
             event = RECHECK
@@ -164,15 +191,19 @@ class Watch:
     def _start_timer(
         self, name: str, seconds: float, function: Callable[..., object], *args: object
     ) -> None:
+        if self._timers is None:
+            self._timers = {}
         self._timers[name] = self._reactor.callLater(seconds, function, *args)
 
     def _cancel_timer(self, name: str) -> None:
+        if self._timers is None:
+            return
         timer = self._timers.pop(name, None)
         if timer is not None and timer.active():
             timer.cancel()
 
     def _cancel_timers(self) -> None:
-        for name in list(self._timers):
+        for name in list(self._timers or ()):
             self._cancel_timer(name)
 
     def close(self) -> None:

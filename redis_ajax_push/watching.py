@@ -6,10 +6,8 @@ into responses.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+import secrets
+from collections.abc import Awaitable, Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -26,13 +24,20 @@ from redis_ajax_push.metrics import Metrics
 from redis_ajax_push.protocol import DONE, UPDATE, TaskKeys, kill_message
 from redis_ajax_push.registry import WatchRegistry
 from redis_ajax_push.signing import redact
-from redis_ajax_push.subscriber import SubscriberPool
+from redis_ajax_push.subscriber import SubscriberPool, Subscription
 from redis_ajax_push.watch import RECHECK, TIMEOUT, Event, Message, Watch
 
-# Reads a task's data key: its bytes and decoded JSON, or raises TaskError.
-TaskReader = Callable[[str], Awaitable[tuple[bytes, dict[str, Any]]]]
+# Sets the status of an error response and returns its JSON body.
+ErrorResponder = Callable[[Request, TaskError, str], bytes]
+
+# Reads a task's data key: its bytes and the status in its JSON, or raises
+# TaskError.
+TaskReader = Callable[[str], Awaitable[tuple[bytes, object]]]
 
 WATCH_HEARTBEAT = b"\n"
+
+# Random bytes in a watch id, which the kill message of the watch carries.
+WATCH_ID_BYTES = 8
 
 
 class WatchHandler:
@@ -48,6 +53,7 @@ class WatchHandler:
         commands: CommandConnection,
         pool: SubscriberPool,
         read_task: TaskReader,
+        error_response: ErrorResponder,
         reactor: IReactorTime,
         metrics: Metrics,
         warnings: RepeatedWarnings,
@@ -56,6 +62,7 @@ class WatchHandler:
         self._warnings = warnings
         self._pool = pool
         self._read_task = read_task
+        self._error_response = error_response
         self._reactor = reactor
         self._keys = TaskKeys(config.redis.prefix)
         self._watch_config = config.watch
@@ -74,17 +81,14 @@ class WatchHandler:
             mode: metrics.watch_gauges(mode) for mode in ("watch", "stream")
         }
 
-    @asynccontextmanager
-    async def _opened(
-        self, request: Request, task_id: str, mode: str
-    ) -> AsyncIterator[Watch]:
+    def _admit(self, request: Request, task_id: str, mode: str) -> Watch:
         """
-        Admit, register and subscribe a new watch; release all of it on
-        exit, whatever ended the request, and record it in the metrics.
+        Admit and register a new watch, or raise L{TaskError} when a limit
+        refuses it. L{_release} undoes it.
         """
         watch = Watch(
             task_id,
-            uuid.uuid4().hex,
+            secrets.token_hex(WATCH_ID_BYTES),
             self._reactor,
             self._limits.max_message_bytes,
             self._watch_config.resubscribe_timeout,
@@ -93,25 +97,34 @@ class WatchHandler:
         # UNIX socket clients have no host; they count as one client.
         client = getattr(request.getClientAddress(), "host", "") or ""
         self.watches.add(watch, client)
+        self._gauges[mode][0].inc()
+        watch.opened_at = self._reactor.seconds()
+        return watch
+
+    def _release(
+        self,
+        request: Request,
+        watch: Watch,
+        mode: str,
+        subscription: Subscription | None,
+        heartbeat: int | None,
+    ) -> None:
+        """
+        Release what a watch holds, whatever ended its request, and record
+        it in the metrics.
+        """
+        if heartbeat is not None and self._heartbeats is not None:
+            self._heartbeats.leave(request, heartbeat)
+        if subscription is not None:
+            subscription.close()
+        watch.close()
+        self.watches.remove(watch)
         open_watches, duration = self._gauges[mode]
-        open_watches.inc()
-        started = self._reactor.seconds()
-        try:
-            subscription = await self._pool.subscribe(
-                self._keys.channel(task_id), watch
-            )
-            try:
-                yield watch
-            finally:
-                subscription.close()
-        finally:
-            watch.close()
-            self.watches.remove(watch)
-            open_watches.dec()
-            duration.observe(self._reactor.seconds() - started)
-            outcome = watch.outcome
-            if isinstance(outcome, TaskError) and outcome.kind is KILLED:
-                self._metrics.kills.inc()
+        open_watches.dec()
+        duration.observe(self._reactor.seconds() - watch.opened_at)
+        outcome = watch.outcome
+        if isinstance(outcome, TaskError) and outcome.kind is KILLED:
+            self._metrics.kills.inc()
 
     async def _announce(self, watch: Watch) -> None:
         """
@@ -124,19 +137,14 @@ class WatchHandler:
         if self._limits.watch_timeout > 0:
             watch.start_timeout(self._limits.watch_timeout)
 
-    @contextmanager
-    def _heartbeat(self, request: Request, payload: bytes) -> Iterator[None]:
+    def _start_heartbeat(self, request: Request, payload: bytes) -> int | None:
         """
-        Write C{payload} every heartbeat interval while the block runs.
+        Start writing C{payload} every heartbeat interval, unless heartbeats
+        are off.
         """
         if self._heartbeats is None:
-            yield
-            return
-        entry = self._heartbeats.join(request, payload)
-        try:
-            yield
-        finally:
-            self._heartbeats.leave(entry)
+            return None
+        return self._heartbeats.join(request, payload)
 
     def _observe_delivery(self, event: Event) -> None:
         """
@@ -161,8 +169,8 @@ class WatchHandler:
         if isinstance(event, Message) and event.raw is not None:
             return event.raw, event.status
         if event is RECHECK or event is TIMEOUT or isinstance(event, Message):
-            raw, document = await self._read_task(watch.task_id)
-            done = document.get("status") == DONE or (
+            raw, status = await self._read_task(watch.task_id)
+            done = status == DONE or (
                 isinstance(event, Message) and event.status == DONE
             )
             if event is RECHECK and raw == last_sent and not done:
@@ -176,24 +184,38 @@ class WatchHandler:
         Respond to a watch: the data key at once when the task is done, else the
         state after the next update, kill, timeout or error.
         """
-        request.setHeader(b"X-Accel-Buffering", b"no")
-        async with self._opened(request, task_id, "watch") as watch:
+        # Tens of thousands of these coroutines wait at once, so they hold
+        # their resources in locals and release them in one finally block,
+        # rather than in nested context managers that each keep a frame.
+        try:
+            watch = self._admit(request, task_id, "watch")
+        except TaskError as error:
+            return self._error_response(request, error, task_id)
+        subscription = heartbeat = None
+        try:
+            subscription = await self._pool.subscribe(
+                self._keys.channel(task_id), watch
+            )
             # Read only now that the channel is subscribed, so that an update
             # published in between is in what this read returns.
-            raw, document = await self._read_task(task_id)
-            if document.get("status") == DONE:
+            raw, status = await self._read_task(task_id)
+            if status == DONE:
                 return raw
             await self._announce(watch)
-            with self._heartbeat(request, WATCH_HEARTBEAT):
-                while True:
-                    event = await watch.wait()
-                    resolved = await self._resolve(watch, event, raw)
-                    if resolved is not None:
-                        # Written here rather than by Klein, so that the
-                        # delivery latency includes the write.
-                        request.write(resolved[0])
-                        self._observe_delivery(event)
-                        return b""
+            heartbeat = self._start_heartbeat(request, WATCH_HEARTBEAT)
+            while True:
+                event = await watch.wait()
+                resolved = await self._resolve(watch, event, raw)
+                if resolved is not None:
+                    # Written here rather than when the request finishes, so
+                    # that the delivery latency includes the write.
+                    request.write(resolved[0])
+                    self._observe_delivery(event)
+                    return b""
+        except TaskError as error:
+            return self._error_response(request, error, task_id)
+        finally:
+            self._release(request, watch, "watch", subscription, heartbeat)
 
     async def stream(self, request: Request, task_id: str) -> bytes:
         """
@@ -201,33 +223,44 @@ class WatchHandler:
         event per update until C{done}. Errors before the first event get
         the usual status and JSON; later ones become an C{error} event.
         """
-        request.setHeader(b"X-Accel-Buffering", b"no")
-        async with self._opened(request, task_id, "stream") as watch:
-            raw, document = await self._read_task(task_id)
+        try:
+            watch = self._admit(request, task_id, "stream")
+        except TaskError as error:
+            return self._error_response(request, error, task_id)
+        subscription = heartbeat = None
+        try:
+            subscription = await self._pool.subscribe(
+                self._keys.channel(task_id), watch
+            )
+            raw, status = await self._read_task(task_id)
             request.setHeader(b"Content-Type", sse.CONTENT_TYPE)
             retry_ms = round(self._watch_config.stream_retry * 1000)
-            status = DONE if document.get("status") == DONE else UPDATE
+            status = DONE if status == DONE else UPDATE
             request.write(sse.sse_retry(retry_ms) + sse.sse_event(status, raw))
             if status == DONE:
                 return b""
             try:
                 await self._announce(watch)
-                with self._heartbeat(request, sse.HEARTBEAT):
-                    last_sent = raw
-                    while True:
-                        event = await watch.wait()
-                        resolved = await self._resolve(watch, event, last_sent)
-                        if resolved is None:
-                            continue
-                        last_sent, status = resolved
-                        request.write(sse.sse_event(status, last_sent))
-                        self._observe_delivery(event)
-                        if status == DONE or event is TIMEOUT:
-                            return b""
+                heartbeat = self._start_heartbeat(request, sse.HEARTBEAT)
+                last_sent = raw
+                while True:
+                    event = await watch.wait()
+                    resolved = await self._resolve(watch, event, last_sent)
+                    if resolved is None:
+                        continue
+                    last_sent, status = resolved
+                    request.write(sse.sse_event(status, last_sent))
+                    self._observe_delivery(event)
+                    if status == DONE or event is TIMEOUT:
+                        return b""
             except TaskError as error:
                 self._log_error(task_id, error)
                 set_outcome(request, error.kind.code)
                 return sse.sse_event("error", error.kind.body)
+        except TaskError as error:
+            return self._error_response(request, error, task_id)
+        finally:
+            self._release(request, watch, "stream", subscription, heartbeat)
 
     def _log_error(self, task_id: str, error: TaskError) -> None:
         if error.kind.http_status >= 500:
