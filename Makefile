@@ -9,17 +9,24 @@ CONFIG ?= etc/raps-dev.toml
 # the project's dependencies may have changed.
 STAMP := $(VENV)/.installed
 
+# A second venv, on PyPy, that runs the daemon only: the test extras are not
+# installed in it, because the suite runs on CPython.
+PYPY ?= pypy3
+PYPY_VENV := .venv-pypy3
+PYPY_STAMP := $(PYPY_VENV)/.installed
+
 .DEFAULT_GOAL := venv
-.PHONY: help venv run test lint typecheck install-redis stop-redis clean
+.PHONY: help venv venv-pypy3 run test lint typecheck install-redis stop-redis clean
 
 help:
 	@echo "make venv        create $(VENV) and install raps editable with its test extras"
+	@echo "make venv-pypy3  create $(PYPY_VENV) with $(PYPY) and install raps editable, without extras"
 	@echo "make run         start a private Redis if none replies, then run the daemon (CONFIG=$(CONFIG))"
 	@echo "make test        ruff, mypy and pytest; installs redis-server when missing"
 	@echo "make lint        ruff check and ruff format --check only"
 	@echo "make typecheck   mypy only"
 	@echo "make stop-redis  stop the private redis-server that make run started"
-	@echo "make clean       remove $(VENV), build output and caches (keeps .redis/)"
+	@echo "make clean       remove $(VENV), $(PYPY_VENV), build output and caches (keeps .redis/)"
 
 venv: $(STAMP)
 
@@ -29,6 +36,19 @@ $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install -e '.[test]'
+	touch $@
+
+venv-pypy3: $(PYPY_STAMP)
+
+$(PYPY_STAMP): pyproject.toml setup.py
+	@command -v $(PYPY) >/dev/null 2>&1 || scripts/apt-install pypy3 pypy3-venv
+	@# Debian's ensurepip takes pip from /usr/share/python-wheels, which the
+	@# pypy3-venv package pulls in; without it ensurepip.version() is None.
+	@$(PYPY) -c 'import ensurepip, sys, venv; sys.exit(ensurepip.version() is None)' 2>/dev/null \
+		|| scripts/apt-install pypy3-venv
+	$(PYPY) -m venv $(PYPY_VENV)
+	$(PYPY_VENV)/bin/pip install --quiet --upgrade pip
+	$(PYPY_VENV)/bin/pip install -e .
 	touch $@
 
 run: $(STAMP)
@@ -47,7 +67,8 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 # The suite starts its own redis-server on a free loopback port, so it needs
-# only the binary.
+# only the binary. tests/test_pypy.py runs the daemon from $(PYPY_VENV) when
+# make venv-pypy3 has built it (.ci/run does), and skips otherwise.
 test: $(STAMP) install-redis lint typecheck
 	$(VENV)/bin/pytest
 
@@ -55,6 +76,6 @@ stop-redis:
 	@$(PYTHON) scripts/ensure-redis --stop
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PYPY_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 	rm -f twisted/plugins/dropin.cache

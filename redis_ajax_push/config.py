@@ -10,13 +10,20 @@ from __future__ import annotations
 import math
 import os
 import re
-import tomllib
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from redis_ajax_push.redis_url import RedisURL, RedisURLError, parse_redis_url
+
+# Python 3.11 added tomllib, a standard library copy of tomli. On older
+# versions, such as PyPy 3.9, pip installs tomli as a dependency.
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 
 class ConfigError(Exception):

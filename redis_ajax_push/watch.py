@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Union
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -55,7 +55,9 @@ RECHECK: Final = _Marker("RECHECK")
 # watch_timeout passed: respond with the data key's current value.
 TIMEOUT: Final = _Marker("TIMEOUT")
 
-Event = Message | _Marker | TaskError
+# Python evaluates this alias at import time, where X | Y between classes
+# needs Python 3.10. Union keeps the module importable on PyPy 3.9.
+Event = Union[Message, _Marker, TaskError]
 
 # More queued events than this, from a client that reads slower than the
 # worker publishes, collapse into one RECHECK: the data key has the latest
