@@ -1,7 +1,7 @@
 """
 Logging helpers: the access log line of each request, the JSON lines
-observer for C{[log] format = "json"}, and the rate limit on repeated
-warnings.
+observer for C{[log] format = "json"}, the observer of the worker processes
+of C{[http] workers}, and the rate limit on repeated warnings.
 """
 
 from __future__ import annotations
@@ -10,11 +10,19 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import FileLogObserver, Logger, formatEvent, jsonFileLogObserver
+from twisted.logger import (
+    FileLogObserver,
+    LogEvent,
+    Logger,
+    eventAsJSON,
+    formatEvent,
+    formatEventAsClassicLogText,
+    jsonFileLogObserver,
+)
 
 from redis_ajax_push.channel import RapsRequest
 from redis_ajax_push.metrics import Metrics
@@ -76,6 +84,35 @@ def json_log_observer() -> FileLogObserver:
     object per line; twistd calls it when C{[log] format = "json"}.
     """
     return jsonFileLogObserver(sys.stdout, recordSeparator="")
+
+
+def worker_log_observer(
+    worker: int, log_format: str, stream: TextIO
+) -> FileLogObserver:
+    """
+    Build the observer of worker process number C{worker}: it writes each
+    event to C{stream} in C{log_format} ("text" or "json") as twistd would,
+    with the field C{worker} added.
+
+    A text line shows the field at the end of its system column, as in
+    C{[raps.access#info worker=1]}.
+    """
+    if log_format == "json":
+        # What jsonFileLogObserver(stream, recordSeparator="") writes.
+        return FileLogObserver(
+            stream, lambda event: eventAsJSON({**event, "worker": worker}) + "\n"
+        )
+
+    def format_text(event: LogEvent) -> str | None:
+        system = event.get("log_system")
+        if system is None:
+            level = event.get("log_level")
+            level_name = "-" if level is None else level.name
+            system = f"{event.get('log_namespace', '-')}#{level_name}"
+        marked = {**event, "worker": worker, "log_system": f"{system} worker={worker}"}
+        return formatEventAsClassicLogText(marked)
+
+    return FileLogObserver(stream, format_text)
 
 
 # A warning logged more often than this within WARNING_WINDOW seconds is
