@@ -42,6 +42,9 @@ class HTTPConfig:
     # Exact origins ("https://app.example.com") whose pages may read the
     # responses; "*" allows every origin.
     cors_origins: tuple[str, ...] = ()
+    # Processes that serve http.listen: this one and workers - 1 worker
+    # processes that inherit its listening socket.
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -170,18 +173,22 @@ def _parse_http(table: dict[str, Any]) -> HTTPConfig:
     serve_client = _take(table, "http", "serve_client", bool, default.serve_client)
     demo = _take(table, "http", "demo", bool, default.demo)
     cors_origins = _take(table, "http", "cors_origins", list, [])
+    workers = _take(table, "http", "workers", int, default.workers)
     _reject_unknown(table, "http")
     if demo and not serve_client:
         raise ConfigError(
             "http.demo: the demo page loads /static/raps.js, so set "
             "http.serve_client = true or http.demo = false"
         )
+    if workers < 1:
+        raise ConfigError(f"http.workers: must be 1 or more, not {workers}")
     return HTTPConfig(
         listen=listen,
         legacy_status_codes=legacy,
         serve_client=serve_client,
         demo=demo,
         cors_origins=_checked_origins(cors_origins),
+        workers=workers,
     )
 
 
@@ -510,7 +517,11 @@ def _checked_url(key: str, text: str) -> RedisURL:
         raise ConfigError(f"{key}: {error}") from None
 
 
-def _check_listen(key: str, description: str) -> None:
+def _check_listen(key: str, description: str) -> object:
+    """
+    Parse C{description} as a Twisted server endpoint string and return the
+    endpoint, which listens on nothing yet.
+    """
     # Imported here so that reading a config pulls in no reactor.
     from twisted.internet import endpoints
 
@@ -521,7 +532,7 @@ def _check_listen(key: str, description: str) -> None:
         """
 
     try:
-        endpoints.serverFromString(_NoReactor(), description)
+        return endpoints.serverFromString(_NoReactor(), description)
     # Endpoint parsers are plugins and raise what they like: ValueError for a
     # bad port, OSError for a missing file, OpenSSL errors for a bad key.
     except Exception as error:
@@ -529,6 +540,33 @@ def _check_listen(key: str, description: str) -> None:
             f"{key}: {description!r} is not a valid Twisted server endpoint "
             f"string ({error}); example: tcp:8888:interface=127.0.0.1"
         ) from None
+
+
+def _check_http_listen(key: str, description: str, workers: int) -> None:
+    """
+    Check that C{description}, the endpoint string given by C{key}, is
+    valid and that C{workers} processes can share its listening socket.
+    """
+    from twisted.internet import endpoints
+
+    endpoint = _check_listen(key, description)
+    shareable = (
+        endpoints.TCP4ServerEndpoint,
+        endpoints.TCP6ServerEndpoint,
+        endpoints.UNIXServerEndpoint,
+    )
+    if workers == 1 or isinstance(endpoint, shareable):
+        return
+    kind = description.partition(":")[0]
+    if kind == "ssl":
+        fix = "terminate TLS in a reverse proxy and listen on tcp:"
+    else:
+        fix = "listen on a tcp: or unix: endpoint"
+    raise ConfigError(
+        f"http.workers: {workers} processes share one listening socket, which "
+        f"raps supports for tcp: and unix: endpoints only, not {kind}: in "
+        f"{key}; {fix}, or set http.workers = 1"
+    )
 
 
 def _parse_admin(table: dict[str, Any]) -> AdminConfig:
@@ -576,7 +614,7 @@ def parse_config(document: dict[str, Any]) -> Config:
             "[http], [redis], [watch], [task_id], [limits], [security], [admin] "
             "and [log]"
         )
-    _check_listen("http.listen", config.http.listen)
+    _check_http_listen("http.listen", config.http.listen, config.http.workers)
     return config
 
 
@@ -610,7 +648,7 @@ def load_config(
 
     config = parse_config(document)
     if listen is not None:
-        _check_listen("--listen", listen)
+        _check_http_listen("--listen", listen, config.http.workers)
         config = replace(config, http=replace(config.http, listen=listen))
     if redis_url is not None:
         url = _checked_url("--redis", redis_url)

@@ -36,9 +36,17 @@ class BufferedTextObserver:
     (C{<time> [<namespace>#<level>] <message>}) to C{output}.
     """
 
-    def __init__(self, output: IO[str], reactor: Any = None) -> None:
+    def __init__(
+        self, output: IO[str], reactor: Any = None, worker: int | None = None
+    ) -> None:
+        """
+        With C{worker}, each line's bracketed column ends with
+        C{worker=<worker>}, as in C{[raps.access#info worker=1]}.
+        """
         self._output = output
         self._reactor = reactor
+        self._worker = worker
+        self._mark = "" if worker is None else f" worker={worker}"
         self._pending: list[str] = []
         self._flush_call: Any = None
         self._second = -1
@@ -59,16 +67,26 @@ class BufferedTextObserver:
         if line is not None:
             stamp = self._format_time(event.get("log_time"))
             namespace = event.get("log_namespace", "-")
-            self._pending.append(f"{stamp} [{namespace}#info] {line}\n")
+            self._pending.append(f"{stamp} [{namespace}#info{self._mark}] {line}\n")
             if len(self._pending) >= FLUSH_LINES:
                 self.flush()
             elif self._flush_call is None:
                 self._schedule_flush()
             return
+        if self._worker is not None:
+            event = self._marked(event)
         text = formatEventAsClassicLogText(event, formatTime=self._format_time)
         if text is not None:
             self._pending.append(text)
         self.flush()
+
+    def _marked(self, event: dict[str, Any]) -> dict[str, Any]:
+        system = event.get("log_system")
+        if system is None:
+            level = event.get("log_level")
+            level_name = "-" if level is None else level.name
+            system = f"{event.get('log_namespace', '-')}#{level_name}"
+        return {**event, "worker": self._worker, "log_system": system + self._mark}
 
     def _schedule_flush(self) -> None:
         reactor = self._reactor

@@ -1,16 +1,17 @@
 """
 Logging helpers: the access log line of each request, the JSON lines
-observer for C{[log] format = "json"}, and the rate limit on repeated
-warnings.
+observer for C{[log] format = "json"}, the observer of the worker processes
+of C{[http] workers}, and the rate limit on repeated warnings.
 """
 
 from __future__ import annotations
 
+import atexit
 import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -18,12 +19,13 @@ from twisted.logger import (
     FileLogObserver,
     Logger,
     LogLevel,
+    eventAsJSON,
     formatEvent,
     jsonFileLogObserver,
 )
 
 from redis_ajax_push.channel import RapsRequest
-from redis_ajax_push.log_output import ACCESS_LINE_KEY
+from redis_ajax_push.log_output import ACCESS_LINE_KEY, BufferedTextObserver
 from redis_ajax_push.metrics import Metrics
 from redis_ajax_push.signing import redact
 
@@ -100,6 +102,25 @@ def json_log_observer() -> FileLogObserver:
     object per line; twistd calls it when C{[log] format = "json"}.
     """
     return jsonFileLogObserver(sys.stdout, recordSeparator="")
+
+
+def worker_log_observer(worker: int, log_format: str, stream: TextIO) -> Any:
+    """
+    Build the observer of worker process number C{worker}: it writes each
+    event to C{stream} in C{log_format} ("text" or "json") as twistd would,
+    with the field C{worker} added.
+
+    A text line shows the field at the end of its system column, as in
+    C{[raps.access#info worker=1]}.
+    """
+    if log_format == "json":
+        # What jsonFileLogObserver(stream, recordSeparator="") writes.
+        return FileLogObserver(
+            stream, lambda event: eventAsJSON({**event, "worker": worker}) + "\n"
+        )
+    observer = BufferedTextObserver(stream, worker=worker)
+    atexit.register(observer.flush)
+    return observer
 
 
 # A warning logged more often than this within WARNING_WINDOW seconds is

@@ -1,13 +1,16 @@
 """
-The service tree of one daemon: Redis connections and the HTTP listener.
+The service tree of one daemon: Redis connections, the HTTP listener and,
+with C{[http] workers}, the worker processes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
+from twisted.internet.address import UNIXAddress
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -18,10 +21,12 @@ from redis_ajax_push.admin import AdminResource
 from redis_ajax_push.channel import RapsSite
 from redis_ajax_push.commands import CommandConnection
 from redis_ajax_push.config import Config
+from redis_ajax_push.inherited_socket import adopt_listening_socket
 from redis_ajax_push.logs import RepeatedWarnings, RequestRecorder
 from redis_ajax_push.metrics import Metrics
 from redis_ajax_push.resource import TaskResource
 from redis_ajax_push.subscriber import SubscriberPool
+from redis_ajax_push.workers import WorkerSupervisor
 
 
 class RedisService(Service):
@@ -140,20 +145,85 @@ class HTTPService(Service):
         return port.stopListening()
 
 
+def _address_text(address: Any) -> str:
+    """
+    Return C{host:port} for a TCP address and the path for a UNIX one.
+    """
+    if isinstance(address, UNIXAddress):
+        return str(address.name)
+    return f"{address.host}:{address.port}"
+
+
+class InheritedPortService(Service):
+    """
+    Serves a listening socket inherited from the parent process as file
+    descriptor C{descriptor}, in a worker process of C{[http] workers}.
+    L{listening} fires with the L{IListeningPort} once it serves.
+    """
+
+    log = Logger()
+
+    def __init__(self, descriptor: int, site: Site, reactor: Any) -> None:
+        self._descriptor = descriptor
+        self._site = site
+        self._reactor = reactor
+        self._port: IListeningPort | None = None
+        self.listening: defer.Deferred[IListeningPort] = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        try:
+            port = adopt_listening_socket(self._reactor, self._descriptor, self._site)
+        # OSError for a descriptor that is closed or no socket, Twisted's
+        # UnsupportedAddressFamily for a socket that is not TCP or UNIX.
+        except Exception as error:
+            raise SystemExit(
+                f"raps: cannot serve the listening socket inherited as file "
+                f"descriptor {self._descriptor}: {error}"
+            ) from None
+        self._port = port
+        self.log.info(
+            "Serving HTTP on {address}, inherited from the parent process",
+            address=_address_text(port.getHost()),
+        )
+        self.listening.callback(port)
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        if self._port is None:
+            return None
+        port, self._port = self._port, None
+        return port.stopListening()
+
+
 class RapsService(MultiService):
     """
     One raps daemon: its Redis connections, its HTTP listener and, when
     C{[admin] listen} is set, the admin listener for C{/healthz} and
     C{/metrics}.
 
+    With C{[http] workers} above 1 it also runs the worker processes, which
+    get C{worker_options} (the config file and the command line overrides).
+    In a worker process, C{inherited_socket} is the file descriptor of the
+    parent's listening socket, which it serves instead of C{[http] listen},
+    and it runs no admin listener and no worker processes.
+
     Stopping it stops listening first, then ends the open watches with the
     C{shutting_down} error, waiting at most C{shutdown_grace} seconds for
-    their responses, and closes the Redis connections last.
+    their responses, and closes the Redis connections last. The worker
+    processes get SIGTERM at the start of the stop, and the stop ends when
+    they have exited.
     """
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        worker_options: Sequence[str] | None = None,
+        inherited_socket: int | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self._reactor = reactor
@@ -173,20 +243,46 @@ class RapsService(MultiService):
         )
         recorder = RequestRecorder(self.metrics, config.log.access)
         site = RapsSite(self.tasks.resource(), on_request_done=recorder)
-        self.http = HTTPService(config.http.listen, site, reactor)
+        self.http: HTTPService | InheritedPortService
+        if inherited_socket is None:
+            self.http = HTTPService(config.http.listen, site, reactor)
+        else:
+            self.http = InheritedPortService(inherited_socket, site, reactor)
         self.http.setServiceParent(self)
         self.admin: HTTPService | None = None
-        if admin_listen:
+        # NOTE: metrics are per process. With [http] workers above 1 only the
+        # parent runs the admin listener, whose /healthz and /metrics report
+        # the parent alone, and on [http] listen they come from whichever
+        # process accepted the connection.
+        if admin_listen and inherited_socket is None:
             admin = AdminResource(self.tasks, config.http.legacy_status_codes)
             admin_site = RapsSite(admin.resource(), on_request_done=recorder)
             self.admin = HTTPService(admin_listen, admin_site, reactor)
             self.admin.setServiceParent(self)
+        self.workers: WorkerSupervisor | None = None
+        if config.http.workers > 1 and inherited_socket is None:
+            if worker_options is None:
+                raise ValueError(
+                    "[http] workers is above 1, so pass worker_options: the "
+                    "options that the worker processes load their config with"
+                )
+            self.workers = WorkerSupervisor(
+                config.http.workers - 1,
+                worker_options,
+                self.http.listening,
+                config.watch.shutdown_grace,
+                reactor,
+            )
+            self.workers.setServiceParent(self)
 
     def stopService(self) -> defer.Deferred[None]:
         Service.stopService(self)
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        workers_stopped = None
+        if self.workers is not None:
+            workers_stopped = defer.maybeDeferred(self.workers.stopService)
         await defer.maybeDeferred(self.http.stopService)
         if self.admin is not None:
             await defer.maybeDeferred(self.admin.stopService)
@@ -201,5 +297,7 @@ class RapsService(MultiService):
             # every connection. Slow clients may still miss theirs.
             await task.deferLater(self._reactor, 0.1, lambda: None)
         await self.redis.stopService()
+        if workers_stopped is not None:
+            await workers_stopped
         self.warnings.stop()
         self.log.info("Stopped")

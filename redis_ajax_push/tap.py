@@ -45,6 +45,17 @@ class Options(usage.Options):
 
     config: Config
 
+    def worker_options(self) -> list[str]:
+        """
+        Return the options given for the config file and the overrides, to
+        pass on to the worker processes of C{[http] workers}.
+        """
+        arguments = []
+        for name in ("config", "listen", "redis"):
+            if self[name] is not None:
+                arguments.extend([f"--{name}", self[name]])
+        return arguments
+
     def postOptions(self) -> None:
         try:
             self.config = load_config(self["config"], self["listen"], self["redis"])
@@ -134,7 +145,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    daemon = RapsService(options.config, reactor)
+    daemon = RapsService(
+        options.config, reactor, worker_options=options.worker_options()
+    )
     _CleanExitOnSIGTERM(reactor).setServiceParent(daemon)
     tune_garbage_collector()
     return daemon

@@ -6,6 +6,7 @@ every kind of invalid value, and the --listen and --redis overrides.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ from redis_ajax_push.config import (
     parse_config,
 )
 from redis_ajax_push.redis_url import parse_redis_url
+from tests.redis_processes import make_tls_files
 
 FULL_CONFIG = """\
 [http]
@@ -78,6 +80,16 @@ def test_defaults_without_file():
     assert config.watch.heartbeat_interval == 10.0
     assert config.task_id.pattern == "[A-Za-z0-9_]+"
     assert config.task_id.max_length == 32
+
+
+def test_documented_config_is_defaults():
+    """
+    etc/raps.toml, which lists every key with its default, loads to the
+    built-in defaults.
+    """
+    path = Path(__file__).resolve().parent.parent / "etc" / "raps.toml"
+
+    assert load_config(str(path)) == Config()
 
 
 def test_empty_file_gives_defaults(tmp_path):
@@ -300,6 +312,11 @@ INVALID_FILES = [
         "http.listen",
         id="ssl-bad-key",
     ),
+    pytest.param("[http]\nworkers = 0\n", "http.workers", id="workers-0"),
+    pytest.param("[http]\nworkers = -1\n", "http.workers", id="negative-workers"),
+    pytest.param("[http]\nworkers = 'two'\n", "http.workers", id="string-workers"),
+    pytest.param("[http]\nworkers = true\n", "http.workers", id="bool-workers"),
+    pytest.param("[http]\nworkers = 1.5\n", "http.workers", id="float-workers"),
     pytest.param("[redis]\nprefix = ''\n", "redis.prefix", id="empty-prefix"),
     pytest.param("[redis]\nprefix = 'RA _'\n", "redis.prefix", id="space-in-prefix"),
 ]
@@ -492,3 +509,59 @@ def test_invalid_override_without_file():
         load_config(listen="nonsense:1")
 
     assert "--listen" in str(caught.value)
+
+
+def test_workers_default_and_value(tmp_path):
+    """
+    [http] workers defaults to 1 and takes an integer of 1 or more.
+    """
+    path = write_config(tmp_path, "[http]\nworkers = 4\n")
+
+    assert load_config().http.workers == 1
+    assert load_config(path).http.workers == 4
+
+
+@pytest.mark.parametrize(
+    "listen",
+    [
+        pytest.param("tcp:8123:interface=127.0.0.1", id="tcp"),
+        pytest.param("tcp6:8123:interface=\\:\\:1", id="tcp6"),
+        pytest.param("unix:/run/raps/raps.sock:mode=660", id="unix"),
+    ],
+)
+def test_workers_share_tcp_and_unix(tmp_path, listen):
+    """
+    workers above 1 are accepted with tcp:, tcp6: and unix: listen
+    addresses, in the file and as --listen.
+    """
+    text = f"[http]\nworkers = 2\nlisten = '{listen}'\n"
+
+    from_file = load_config(write_config(tmp_path, text))
+    overridden = load_config(write_config(tmp_path, "[http]\nworkers = 2\n"), listen)
+
+    assert from_file.http.listen == listen
+    assert overridden.http.listen == listen
+
+
+def test_workers_reject_ssl_listen(tmp_path):
+    """
+    workers above 1 with an ssl: listen address, in the file or as
+    --listen, raise ConfigError naming http.workers and the listen key,
+    and pointing to a reverse proxy; workers = 1 serves ssl: as before.
+    """
+    tls = make_tls_files(tmp_path)
+    ssl = (
+        f"ssl:8443:interface=127.0.0.1:privateKey={tls.server_key}:"
+        f"certKey={tls.server_cert}"
+    )
+
+    in_file = config_error(tmp_path, f"[http]\nworkers = 2\nlisten = '{ssl}'\n")
+    as_override = config_error(tmp_path, "[http]\nworkers = 3\n", listen=ssl)
+    single = load_config(write_config(tmp_path, f"[http]\nlisten = '{ssl}'\n"))
+
+    assert in_file.startswith("http.workers: 2 processes share one listening socket")
+    assert "not ssl: in http.listen" in in_file
+    assert "reverse proxy" in in_file
+    assert "\n" not in in_file
+    assert "not ssl: in --listen" in as_override
+    assert single.http.listen == ssl

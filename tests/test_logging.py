@@ -5,6 +5,7 @@ The daemon's logs: the access line of each request, [log] access and
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -13,10 +14,10 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import task
-from twisted.logger import Logger, formatEvent, globalLogPublisher
+from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 
 from redis_ajax_push.config import ConfigError, parse_config
-from redis_ajax_push.logs import RepeatedWarnings
+from redis_ajax_push.logs import RepeatedWarnings, worker_log_observer
 from redis_ajax_push.publisher import TaskPublisher
 from redis_ajax_push.signing import TaskIdSigner
 from redis_ajax_push.testing import free_port
@@ -239,6 +240,48 @@ async def test_daemon_limits_error_warnings(daemon, redis_client, log_events):
     texts = [formatEvent(event) for event in log_events]
     assert len([text for text in texts if "Redis rejected GET" in text]) == 5
     assert len([text for text in texts if "Request for task wrong" in text]) == 5
+
+
+@pytest.mark.parametrize(
+    ("event", "system"),
+    [
+        pytest.param(
+            {"log_namespace": "raps.access", "log_level": LogLevel.info},
+            "[raps.access#info worker=2]",
+            id="namespace",
+        ),
+        pytest.param({"log_system": "-"}, "[- worker=2]", id="legacy-system"),
+    ],
+)
+def test_worker_text_line_names_worker(event, system):
+    """
+    A worker process's text log line shows worker=N at the end of its system
+    column, after the namespace and level or the legacy system.
+    """
+    stream = io.StringIO()
+    observer = worker_log_observer(2, "text", stream)
+
+    observer({"log_format": "Serving {count}", "count": 3, "log_time": 0, **event})
+
+    assert stream.getvalue().endswith(f" {system} Serving 3\n")
+
+
+def test_worker_json_line_has_worker():
+    """
+    A worker process's JSON log line is the event with the field worker
+    added, and the event itself is left unchanged.
+    """
+    stream = io.StringIO()
+    observer = worker_log_observer(2, "json", stream)
+    event = {"log_format": "Serving {count}", "count": 3, "log_namespace": "x"}
+
+    observer(event)
+    written = json.loads(stream.getvalue())
+
+    assert written["worker"] == 2
+    assert written["count"] == 3
+    assert "worker" not in event
+    assert stream.getvalue().count("\n") == 1
 
 
 def test_log_config_validated():

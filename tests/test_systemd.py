@@ -198,6 +198,7 @@ def test_stop_timeout_exceeds_shutdown_grace() -> None:
         ("Unit", "Wants", "network-online.target"),
         ("Service", "EnvironmentFile", "-/etc/raps/raps.env"),
         ("Service", "Restart", "on-failure"),
+        ("Service", "KillMode", "mixed"),
         ("Service", "DynamicUser", "yes"),
         ("Service", "NoNewPrivileges", "yes"),
         ("Service", "ProtectSystem", "strict"),
