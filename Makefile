@@ -16,13 +16,14 @@ PYPY_VENV := .venv-pypy3
 PYPY_STAMP := $(PYPY_VENV)/.installed
 
 .DEFAULT_GOAL := venv
-.PHONY: help venv venv-pypy3 run test lint typecheck install-redis stop-redis clean
+.PHONY: help venv venv-pypy3 run test bench lint typecheck install-redis stop-redis clean
 
 help:
 	@echo "make venv        create $(VENV) and install raps editable with its test extras"
 	@echo "make venv-pypy3  create $(PYPY_VENV) with $(PYPY) and install raps editable, without extras"
 	@echo "make run         start a private Redis if none replies, then run the daemon (CONFIG=$(CONFIG))"
 	@echo "make test        ruff, mypy and pytest; installs redis-server when missing"
+	@echo "make bench       benchmark the daemon (PYTHON=pypy3: on PyPy); see docs/performance.md"
 	@echo "make lint        ruff check and ruff format --check only"
 	@echo "make typecheck   mypy only"
 	@echo "make stop-redis  stop the private redis-server that make run started"
@@ -60,8 +61,8 @@ install-redis:
 	@$(PYTHON) scripts/ensure-redis --install-only
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check redis_ajax_push tests
-	$(VENV)/bin/ruff format --check redis_ajax_push tests
+	$(VENV)/bin/ruff check redis_ajax_push tests bench
+	$(VENV)/bin/ruff format --check redis_ajax_push tests bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -71,6 +72,20 @@ typecheck: $(STAMP)
 # make venv-pypy3 has built it (.ci/run does), and skips otherwise.
 test: $(STAMP) install-redis lint typecheck
 	$(VENV)/bin/pytest
+
+# make bench measures the daemon on CPython from $(VENV); with
+# PYTHON=pypy3 (or another PyPy) it runs the daemon from $(PYPY_VENV) and the
+# load driver still from $(VENV). BENCH_ARGS passes options to bench/run.py,
+# for example BENCH_ARGS=--quick.
+ifneq (,$(findstring pypy,$(notdir $(PYTHON))))
+bench: PYPY = $(PYTHON)
+bench: $(PYPY_STAMP)
+	$(MAKE) venv install-redis PYTHON=python3
+	$(VENV)/bin/python bench/run.py --python $(PYPY_VENV)/bin/python $(BENCH_ARGS)
+else
+bench: $(STAMP) install-redis
+	$(VENV)/bin/python bench/run.py --python $(VENV)/bin/python $(BENCH_ARGS)
+endif
 
 stop-redis:
 	@$(PYTHON) scripts/ensure-redis --stop

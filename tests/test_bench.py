@@ -1,0 +1,65 @@
+"""
+The benchmark, bench/run.py, in its quick setting: it runs end to end with
+its own redis-server and daemon and records every section of the issue.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The quick run takes about 30 s on two cores.
+BENCH_TIMEOUT = 300
+
+
+def test_quick_bench_records_every_section(tmp_path):
+    """
+    bench/run.py --quick with one and two workers exits 0, prints the
+    table and saves a JSON record with the ceiling, the polls (bench
+    client) for both worker counts, two passes of watch capacity and
+    fan-out, the paced latency, the targets and the machine.
+    """
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--workers=1,2",
+            "--poll-client=driver",
+            f"--results={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=BENCH_TIMEOUT,
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "targets" in result.stdout
+    (saved,) = tmp_path.glob("*.json")
+    record = json.loads(saved.read_text())
+    results = record["results"]
+    assert record["machine"]["cpus"] >= 1
+    assert record["python"]["implementation"]
+    assert results["ceiling"]["get_per_s"] > 0
+    assert results["ceiling"]["publish_per_s"] > 0
+    polls = {(row["workers"], row["connections"]) for row in results["poll"]}
+    assert polls == {(1, 50), (1, 500), (2, 50), (2, 500)}
+    assert all(row["requests"] > 0 and row["errors"] == 0 for row in results["poll"])
+    passes = results["watches"]["passes"]
+    assert [[row["watches"] for row in rounds] for rounds in passes] == [
+        [50, 200],
+        [50, 200],
+    ]
+    for rounds in passes:
+        for row in rounds:
+            assert row["fan_out"]["watches"] == row["watches"]
+            assert row["redis_clients_held"] >= 2
+    paced = results["paced"]
+    assert paced["measured"] > 0
+    assert paced["errors"] == 0
+    assert {target["met"] for target in record["targets"]} <= {True, False}
+    assert record["daemon_exit_status"] == 0
