@@ -16,6 +16,23 @@ from twisted.web.server import Request, Site
 from redis_ajax_push.errors import REQUEST_TOO_LARGE
 
 
+class _SharedAddresses(dict):
+    """
+    The server addresses seen, each kept once; forgotten wholesale past
+    C{limit} entries, which only a server on many addresses reaches.
+    """
+
+    limit = 256
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        if len(self) >= self.limit and key not in self:
+            self.clear()
+        return super().setdefault(key, default)
+
+
+_SHARED_ADDRESSES = _SharedAddresses()
+
+
 class RapsHTTPChannel(HTTPChannel):
     """
     An L{HTTPChannel} that responds to a request line or header line longer
@@ -24,6 +41,12 @@ class RapsHTTPChannel(HTTPChannel):
     Twisted's own channel closes the connection without a response, which
     a client cannot tell from a crash.
     """
+
+    def getHost(self) -> Any:
+        # Every request keeps the server's address, a new object per request
+        # in Twisted; requests on one listening address share one instead.
+        address = super().getHost()
+        return _SHARED_ADDRESSES.setdefault(address, address)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         body = REQUEST_TOO_LARGE.body

@@ -244,6 +244,9 @@ class TaskResource:
         raw_id = request.path[len(b"/task/") :]
         if _PLAIN_ID.fullmatch(raw_id) is None or raw_id in (b".", b".."):
             return None
+        # Routed: the path segments, a list kept for the request's whole
+        # life, are no longer needed.
+        del request.postpath
         responding = self._respond(request, raw_id.decode("ascii"))
         if not responding.called:
             # As Klein does: a client that hangs up cancels the response, which
