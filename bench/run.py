@@ -331,6 +331,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--results", type=Path, default=HERE / "results")
     options = parser.parse_args()
+    # Absolute but not resolved: a venv's python is a symlink to an
+    # interpreter whose own directory has no twistd.
+    options.python = options.python.absolute()
     if options.quick:
         options.sizes = "50,200"
         options.paced_watches = 200

@@ -69,5 +69,10 @@ def adopt_listening_socket(
         port.startListening()
     else:
         port = reactor.adoptStreamPort(descriptor, family, factory)
+    # The processes share the socket's open file description, and with it
+    # O_NONBLOCK. PyPy's socket.fromfd and socket(fileno=...) clear that
+    # flag, which made every process block in accept() once another had
+    # taken the connection. Set it again, after the last of them.
+    os.set_blocking(descriptor, False)
     os.close(descriptor)
     return port

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -23,6 +24,7 @@ import pytest
 
 from redis_ajax_push.testing import free_port
 from tests.test_tap import LOOPBACK_OPENER, fetch_when_ready
+from tests.test_workers import listening_inode
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -149,4 +151,65 @@ def test_pypy_twistd_poll_watch_stop(pypy_venv, tmp_path, redis_server, redis_cl
     assert json.loads(watch_body) == {"status": "done", "progress": 100}
     assert exit_status == 0, log
     assert "Server Shut Down." in log
+    assert "Traceback" not in log
+
+
+def listening_socket_flags(pid: int, port: int, log_path: Path) -> int:
+    """
+    Return the file status flags of the socket that process C{pid} listens
+    on TCP port C{port} with, once its worker process serves it too.
+    """
+    inode = listening_inode(port)
+    deadline = time.monotonic() + SUBSCRIBE_TIMEOUT
+    while "inherited from the parent process" not in log_path.read_text():
+        assert time.monotonic() < deadline, "the worker process did not start"
+        time.sleep(0.05)
+    for entry in os.scandir(f"/proc/{pid}/fd"):
+        if os.readlink(entry.path) == f"socket:[{inode}]":
+            fdinfo = Path(f"/proc/{pid}/fdinfo/{entry.name}").read_text()
+            (flags,) = re.findall(r"^flags:\s+([0-7]+)$", fdinfo, re.MULTILINE)
+            return int(flags, 8)
+    raise AssertionError(f"process {pid} holds no socket listening on {port}")
+
+
+def test_pypy_workers_serve_and_stop(pypy_venv, tmp_path, redis_server, redis_client):
+    """
+    With workers = 2 on PyPy, the shared listening socket stays
+    non-blocking, 200 polls on fresh connections are all answered, and
+    twistd exits with status 0 after SIGTERM. A blocking socket left a
+    process that lost the race for a connection stuck in accept().
+    """
+    redis_client.set("RA_D_pypy2", b'{"status":"running"}')
+    port = free_port()
+    config = tmp_path / "raps.toml"
+    config.write_text(
+        f'[http]\nlisten = "tcp:{port}:interface=127.0.0.1"\nworkers = 2\n'
+        f'[redis]\nurl = "{redis_server.url}"\n'
+    )
+    url = f"http://127.0.0.1:{port}/task/pypy2"
+    log_path = tmp_path / "twistd.out"
+    command = [
+        str(pypy_venv / "bin" / "twistd"), "-n", "--pidfile=",
+        "raps", "--config", str(config),
+    ]  # fmt: skip
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            command, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    try:
+        fetch_when_ready(url, process, log_path)
+        flags = listening_socket_flags(process.pid, port, log_path)
+        with ThreadPoolExecutor(max_workers=8) as executor:
+            statuses = list(executor.map(lambda _: read_response(url)[0], range(200)))
+        process.send_signal(signal.SIGTERM)
+        exit_status = process.wait(timeout=STOP_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT)
+
+    log = log_path.read_text(errors="replace")
+    assert flags & os.O_NONBLOCK, oct(flags)
+    assert statuses == [200] * 200
+    assert exit_status == 0, log
     assert "Traceback" not in log
