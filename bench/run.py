@@ -303,7 +303,8 @@ def git_revision() -> str:
         ).stdout.strip()
 
     revision = git("rev-parse", "--short", "HEAD") or "unknown"
-    return revision + ("+dirty" if git("status", "--porcelain") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return revision + ("+dirty" if changed else "")
 
 
 def parse_args() -> argparse.Namespace:
