@@ -187,6 +187,8 @@ class WatchHandler:
         # Tens of thousands of these coroutines wait at once, so they hold
         # their resources in locals and release them in one finally block,
         # rather than in nested context managers that each keep a frame.
+        # NOTE: the suspended coroutine and the Deferreds it waits on still
+        # cost about 1 KB per watch (docs/performance.md).
         try:
             watch = self._admit(request, task_id, "watch")
         except TaskError as error:
