@@ -75,7 +75,25 @@ class RedisService(Service):
         return defer.gatherResults([self.commands.stop(), self.pool.close()])
 
 
-class HTTPService(Service):
+class _PortService(Service):
+    """
+    Holds the listening port of an HTTP service and stops listening when the
+    service stops. L{listening} fires with the port once it serves.
+    """
+
+    def __init__(self) -> None:
+        self._port: IListeningPort | None = None
+        self.listening: defer.Deferred[IListeningPort] = defer.Deferred()
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        if self._port is None:
+            return None
+        port, self._port = self._port, None
+        return port.stopListening()
+
+
+class HTTPService(_PortService):
     """
     Listens on a Twisted server endpoint string. L{listening} fires with the
     L{IListeningPort} once the port is open.
@@ -87,12 +105,11 @@ class HTTPService(Service):
     log = Logger()
 
     def __init__(self, description: str, site: Site, reactor: Any) -> None:
+        super().__init__()
         self._endpoint = serverFromString(reactor, description)
         self._description = description
         self._site = site
-        self._port: IListeningPort | None = None
         self._started_listening = False
-        self.listening: defer.Deferred[IListeningPort] = defer.Deferred()
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -137,13 +154,6 @@ class HTTPService(Service):
         )
         self.listening.errback(failure)
 
-    def stopService(self) -> defer.Deferred[None] | None:
-        super().stopService()
-        if self._port is None:
-            return None
-        port, self._port = self._port, None
-        return port.stopListening()
-
 
 def _address_text(address: Any) -> str:
     """
@@ -154,7 +164,7 @@ def _address_text(address: Any) -> str:
     return f"{address.host}:{address.port}"
 
 
-class InheritedPortService(Service):
+class InheritedPortService(_PortService):
     """
     Serves a listening socket inherited from the parent process as file
     descriptor C{descriptor}, in a worker process of C{[http] workers}.
@@ -164,11 +174,10 @@ class InheritedPortService(Service):
     log = Logger()
 
     def __init__(self, descriptor: int, site: Site, reactor: Any) -> None:
+        super().__init__()
         self._descriptor = descriptor
         self._site = site
         self._reactor = reactor
-        self._port: IListeningPort | None = None
-        self.listening: defer.Deferred[IListeningPort] = defer.Deferred()
 
     def startService(self) -> None:
         super().startService()
@@ -187,13 +196,6 @@ class InheritedPortService(Service):
             address=_address_text(port.getHost()),
         )
         self.listening.callback(port)
-
-    def stopService(self) -> defer.Deferred[None] | None:
-        super().stopService()
-        if self._port is None:
-            return None
-        port, self._port = self._port, None
-        return port.stopListening()
 
 
 class RapsService(MultiService):

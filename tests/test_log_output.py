@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import re
 import signal
-import subprocess
 import time
 
 from twisted.internet.task import Clock
@@ -22,6 +21,7 @@ from redis_ajax_push.log_output import (
 )
 from redis_ajax_push.testing import free_port
 from tests.test_tap import STOP_TIMEOUT, TWISTD, fetch_when_ready
+from tests.twistd_process import running_twistd
 
 # twistd's time stamp: local time with its UTC offset.
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}"
@@ -161,11 +161,7 @@ def test_twistd_text_access_lines(tmp_path, redis_server, redis_client) -> None:
         "--listen", f"tcp:{port}:interface=127.0.0.1",
         "--redis", redis_server.url,
     ]  # fmt: skip
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT
-        )
-    try:
+    with running_twistd(command, tmp_path, log_path) as process:
         status, _ = fetch_when_ready(
             f"http://127.0.0.1:{port}/task/tx1", process, log_path
         )
@@ -173,10 +169,6 @@ def test_twistd_text_access_lines(tmp_path, redis_server, redis_client) -> None:
         time.sleep(0.01)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=STOP_TIMEOUT) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
 
     log = log_path.read_text()
     access = [line for line in log.splitlines() if "[raps.access#info]" in line]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import signal
-import subprocess
 
 import pytest
 import pytest_twisted
@@ -23,6 +22,7 @@ from redis_ajax_push.signing import TaskIdSigner
 from redis_ajax_push.testing import free_port
 from tests.support import ChannelSpy, wait_until
 from tests.test_tap import STOP_TIMEOUT, TWISTD, fetch_when_ready, write_config
+from tests.twistd_process import running_twistd
 
 SECRET = b"log-secret-0123456789abcdef"
 
@@ -319,21 +319,13 @@ def test_twistd_json_lines(tmp_path, redis_server, redis_client):
         "--redis",
         redis_server.url,
     ]
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT
-        )
-    try:
+    with running_twistd(command, tmp_path, log_path) as process:
         status, _ = fetch_when_ready(
             f"http://127.0.0.1:{port}/task/js1", process, log_path
         )
         assert status == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=STOP_TIMEOUT) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
 
     lines = log_path.read_text().splitlines()
     events = [json.loads(line) for line in lines]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ import pytest
 from redis_ajax_push.testing import free_port
 from tests.test_tap import LOOPBACK_OPENER, fetch_when_ready
 from tests.test_workers import listening_inode
+from tests.twistd_process import running_twistd, stop_twistd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,11 +123,7 @@ def test_pypy_twistd_poll_watch_stop(pypy_venv, tmp_path, redis_server, redis_cl
         redis_server.url,
     ]
 
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT
-        )
-    try:
+    with running_twistd(command, tmp_path, log_path) as process:
         poll_status, poll_body = fetch_when_ready(base_url, process, log_path)
 
         with ThreadPoolExecutor(max_workers=1) as executor:
@@ -137,12 +133,7 @@ def test_pypy_twistd_poll_watch_stop(pypy_venv, tmp_path, redis_server, redis_cl
             redis_client.publish("RA_SC_pypy1", b'{"status":"done"}')
             watch_status, watch_body = watch.result(timeout=WATCH_TIMEOUT)
 
-        process.send_signal(signal.SIGTERM)
-        exit_status = process.wait(timeout=STOP_TIMEOUT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
+        exit_status = stop_twistd(process)
 
     log = log_path.read_text(errors="replace")
     assert poll_status == 200
@@ -192,21 +183,12 @@ def test_pypy_workers_serve_and_stop(pypy_venv, tmp_path, redis_server, redis_cl
         str(pypy_venv / "bin" / "twistd"), "-n", "--pidfile=",
         "raps", "--config", str(config),
     ]  # fmt: skip
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT
-        )
-    try:
+    with running_twistd(command, tmp_path, log_path) as process:
         fetch_when_ready(url, process, log_path)
         flags = listening_socket_flags(process.pid, port, log_path)
         with ThreadPoolExecutor(max_workers=8) as executor:
             statuses = list(executor.map(lambda _: read_response(url)[0], range(200)))
-        process.send_signal(signal.SIGTERM)
-        exit_status = process.wait(timeout=STOP_TIMEOUT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
+        exit_status = stop_twistd(process)
 
     log = log_path.read_text(errors="replace")
     assert flags & os.O_NONBLOCK, oct(flags)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import subprocess
 import time
 
 from redis_ajax_push.testing import free_port
 from tests.test_tap import STOP_TIMEOUT, TWISTD, fetch_when_ready
+from tests.twistd_process import running_twistd
 
 
 def read_response(client, timeout=10.0):
@@ -52,11 +52,7 @@ def test_sigterm_ends_watches(tmp_path, redis_server, redis_client):
         "--redis",
         redis_server.url,
     ]
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT
-        )
-    try:
+    with running_twistd(command, tmp_path, log_path) as process:
         fetch_when_ready(f"http://127.0.0.1:{port}/task/sd1", process, log_path)
         client = socket.create_connection(("127.0.0.1", port))
         client.sendall(b"GET /task/sd1?watch HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -69,10 +65,6 @@ def test_sigterm_ends_watches(tmp_path, redis_server, redis_client):
         status, body = read_response(client)
         exit_status = process.wait(timeout=STOP_TIMEOUT)
         client.close()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
 
     log = log_path.read_text(errors="replace")
     assert status == 503

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 import json
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from redis_ajax_push.tap import (
     makeService,
 )
 from redis_ajax_push.testing import free_port
+from tests.twistd_process import running_twistd, stop_twistd
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 
@@ -373,11 +373,7 @@ def test_twistd_serves_and_stops(tmp_path, redis_server, redis_client):
         redis_server.url,
     ]
 
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT
-        )
-    try:
+    with running_twistd(command, tmp_path, log_path) as process:
         status, body = fetch_when_ready(
             f"http://127.0.0.1:{port}/task/job42", process, log_path
         )
@@ -385,12 +381,7 @@ def test_twistd_serves_and_stops(tmp_path, redis_server, redis_client):
         assert status == 200
         assert json.loads(body) == {"status": "running", "progress": 7}
 
-        process.send_signal(signal.SIGTERM)
-        exit_status = process.wait(timeout=STOP_TIMEOUT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
+        exit_status = stop_twistd(process)
 
     # Without raps's own SIGTERM handler, twistd would kill itself with the
     # signal after shutting down and report -SIGTERM.

@@ -8,9 +8,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import signal
 import ssl
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +27,8 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 from redis_ajax_push.config import ConfigError, parse_config
 from redis_ajax_push.testing import free_port
 from tests.support import ChannelSpy
-from tests.test_tap import STOP_TIMEOUT, TWISTD
+from tests.test_tap import TWISTD
+from tests.twistd_process import running_twistd, stop_twistd
 
 RUNNING = b'{"status": "running", "progress": 10}'
 READY_TIMEOUT = 20
@@ -213,20 +212,11 @@ def test_twistd_serves_https(tmp_path, redis_server, redis_client, certificate):
     ]
     context = ssl.create_default_context(cafile=str(certificate[1]))
 
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT
-        )
-    try:
+    with running_twistd(command, tmp_path, log_path) as process:
         status, body = fetch_https_when_ready(
             f"https://localhost:{port}/task/tls3", context, process, log_path
         )
-        process.send_signal(signal.SIGTERM)
-        exit_status = process.wait(timeout=STOP_TIMEOUT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
+        exit_status = stop_twistd(process)
 
     assert status == 200
     assert json.loads(body) == {"status": "running", "progress": 10}
