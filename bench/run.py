@@ -307,6 +307,41 @@ def git_revision() -> str:
     return revision + ("+dirty" if changed else "")
 
 
+def positive_counts(text: str) -> str:
+    """
+    Accept a comma-separated list of positive integers, such as "1000,10000".
+    """
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected positive integers separated by commas, not {text!r}"
+        )
+    return text
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
+    return value
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -315,10 +350,20 @@ def parse_args() -> argparse.Namespace:
         default=Path(sys.executable),
         help="interpreter of the daemon; its directory must hold twistd",
     )
-    parser.add_argument("--workers", default="1,2", help="worker counts to poll")
-    parser.add_argument("--sizes", default="1000,10000,15000")
-    parser.add_argument("--paced-watches", type=int, default=10000)
-    parser.add_argument("--poll-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--workers",
+        type=positive_counts,
+        default="1,2",
+        help="worker counts to poll with, comma separated",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=positive_counts,
+        default="1000,10000,15000",
+        help="numbers of watches to hold, comma separated",
+    )
+    parser.add_argument("--paced-watches", type=positive_int, default=10000)
+    parser.add_argument("--poll-seconds", type=positive_float, default=10.0)
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -335,6 +380,11 @@ def parse_args() -> argparse.Namespace:
     # Absolute but not resolved: a venv's python is a symlink to an
     # interpreter whose own directory has no twistd.
     options.python = options.python.absolute()
+    if not (options.python.parent / "twistd").exists():
+        parser.error(
+            f"--python: no twistd beside {options.python}; give the python of a "
+            "venv with raps installed"
+        )
     if options.quick:
         options.sizes = "50,200"
         options.paced_watches = 200
@@ -344,6 +394,17 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     options = parse_args()
+    try:
+        run(options)
+    except subprocess.CalledProcessError as error:
+        command = " ".join(str(part) for part in error.cmd[:3])
+        raise SystemExit(
+            f"bench: {command} ... exited with status {error.returncode}; its "
+            "error output is above"
+        ) from None
+
+
+def run(options: argparse.Namespace) -> None:
     raise_fd_limit()
     quick = options.quick
     workdir = Path(tempfile.mkdtemp(prefix="raps-bench-"))

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # The quick run takes about 30 s on two cores.
@@ -63,3 +65,29 @@ def test_quick_bench_records_every_section(tmp_path):
     assert paced["errors"] == 0
     assert {target["met"] for target in record["targets"]} <= {True, False}
     assert record["daemon_exit_status"] == 0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--sizes=abc"], "argument --sizes: expected positive integers"),
+        (["--workers=1,0"], "argument --workers: expected positive integers"),
+        (["--poll-seconds=-1"], "argument --poll-seconds: expected a positive"),
+        (["--python=/nonexistent/python"], "--python: no twistd beside"),
+    ],
+)
+def test_bench_rejects_bad_options(arguments, message):
+    """
+    bench/run.py stops with status 2 and a one-line usage error naming the
+    option, before starting anything, for invalid options.
+    """
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert message in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
