@@ -2,7 +2,7 @@
 The bench's HTTP/1.1 client: keep-alive connections that send one GET at a
 time and time each response to its last byte.
 
-The parser knows what raps sends: a status line, headers, then a body with
+The parser reads what raps sends: a status line, headers, then a body with
 either Content-Length or chunked transfer coding. Heartbeat chunks are
 counted and skipped.
 """

@@ -22,8 +22,8 @@ MAX_LEAK_BYTES_PER_WATCH = 256
 
 def check_targets(results: dict[str, Any], per_connection: int) -> list[dict[str, Any]]:
     """
-    Compare a run's results with the targets; each entry says the target,
-    the measured figure and whether it was met.
+    Compare a run's results with the targets. Each entry holds the target,
+    the measured figure and whether the figure meets the target.
     """
     checks: list[dict[str, Any]] = []
 
@@ -88,7 +88,7 @@ def check_targets(results: dict[str, Any], per_connection: int) -> list[dict[str
 
 def leak_growth(watches: dict[str, Any]) -> dict[str, int]:
     """
-    The growth between the ends of the first and the last pass.
+    Return the growth between the ends of the first and the last pass.
     """
     first, last = watches["passes"][0][-1], watches["passes"][-1][-1]
     return {

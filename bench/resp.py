@@ -2,7 +2,7 @@
 A small asyncio Redis client for the bench driver: pipelined commands and
 pattern subscriptions, with no dependency beyond the standard library.
 
-It knows only the replies the bench needs (simple strings, errors,
+It parses only the replies the bench needs (simple strings, errors,
 integers, bulk strings and arrays) and keeps the encoding of commands out of
 the timed paths: callers can encode a whole burst first and write it at once.
 """
@@ -19,7 +19,7 @@ Reply = Any
 
 class RedisReplyError(Exception):
     """
-    Redis answered a command with an error reply.
+    Redis replied to a command with an error.
     """
 
 
@@ -97,8 +97,8 @@ class _Parser:
 
 class RedisConnection(asyncio.Protocol):
     """
-    One Redis connection. Commands are answered in order; on a connection
-    that has pattern-subscribed, messages go to C{on_message} instead.
+    One Redis connection. Replies arrive in the order of the commands. On a
+    connection that has pattern-subscribed, messages go to C{on_message}.
     """
 
     def __init__(self) -> None:

@@ -170,7 +170,7 @@ class Daemon:
 
     def pids(self) -> list[int]:
         """
-        The daemon's process and its worker processes.
+        Return the pids of the daemon's process and of its worker processes.
         """
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         found = [self.process.pid]
@@ -478,7 +478,8 @@ def run(options: argparse.Namespace) -> None:
 
 def channels_per_connection(options: argparse.Namespace) -> int:
     """
-    The daemon's channels_per_connection: the bench config keeps the default.
+    Return the daemon's channels_per_connection, which the bench config
+    leaves at its default.
     """
     sys.path.insert(0, str(ROOT))
     from redis_ajax_push.config import load_config

@@ -17,11 +17,12 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-# The wheel turns one slot per tick. A tick is a hundredth of the interval,
-# so a response's first heartbeat comes between 99/100 of the interval and
-# the full interval after it joined, and the writes of a daemon's heartbeats
-# are spread over a hundred moments per interval rather than bunched. Ticks
-# are never shorter than MIN_TICK seconds; short intervals get fewer slots.
+# The wheel turns one slot per tick, and a tick is a hundredth of the
+# interval. A response's first heartbeat therefore comes between 99/100 of
+# the interval and the full interval after it joined. The writes of all
+# heartbeats are spread over a hundred moments per interval rather than
+# bunched. Ticks are never shorter than MIN_TICK seconds, so short intervals
+# get fewer slots.
 MAX_SLOTS = 100
 MIN_TICK = 0.01
 
@@ -79,9 +80,9 @@ class HeartbeatWheel:
             self._turning.stop()
 
     def _turn(self, ticks: int) -> None:
-        # When the reactor was busy for longer than a tick, LoopingCall calls
-        # once for all the ticks that passed; every slot passed over gets its
-        # heartbeats, late rather than never.
+        # After a busy reactor missed ticks, LoopingCall calls once for all
+        # of them. Every slot passed over gets its heartbeats, late rather
+        # than never.
         for _ in range(min(ticks, len(self._slots))):
             self._position = (self._position + 1) % len(self._slots)
             self._beat(self._position)

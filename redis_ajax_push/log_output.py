@@ -23,7 +23,7 @@ from twisted.logger import formatEventAsClassicLogText
 # The event key under which the request recorder puts a ready access line.
 ACCESS_LINE_KEY = "raps_access_line"
 
-# The longest time an access line waits in the buffer, in seconds.
+# The maximum time an access line waits in the buffer, in seconds.
 FLUSH_DELAY = 0.1
 
 # A buffer with this many lines is written at once.

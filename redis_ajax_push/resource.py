@@ -200,8 +200,9 @@ class TaskResource:
     def _respond(self, request: Request, task_id: str) -> defer.Deferred[bytes]:
         """
         Respond to C{GET /task/<task id>} in the mode its query string names.
-        The Deferred fires with the rest of the body, error JSON included;
-        it fails only on a bug.
+        The Deferred fires with the rest of the body, error JSON included.
+        It fails with CancelledError when it is cancelled because the client
+        hung up, and with any other error only on a bug.
         """
         _, _, query = request.uri.partition(b"?")
         mode = _MODES.get(query)

@@ -114,7 +114,7 @@ class _CleanExitOnSIGTERM(Service):
 
 # CPython's garbage collector thresholds for the daemon. With the defaults
 # (700, 10, 10), a daemon holding 10,000 watches spent about half of each
-# watch's setup and of a burst of done messages in collections, and full
+# watch's setup and of a burst of done messages in collections. Full
 # collections over its hundreds of thousands of live objects stalled a
 # paced load for up to 0.7 s. Collecting the youngest generation every
 # 100,000 allocations instead of 700 makes collections rare: a burst of

@@ -20,10 +20,10 @@ BENCH_TIMEOUT = 300
 
 def test_quick_bench_records_every_section(tmp_path):
     """
-    bench/run.py --quick with one and two workers exits 0, prints the
-    table and saves a JSON record with the ceiling, the polls (bench
-    client) for both worker counts, two passes of watch capacity and
-    fan-out, the paced latency, the targets and the machine.
+    bench/run.py --quick with one and two workers exits 0 and prints the
+    table. Its JSON record has the ceiling, the polls (bench client) for
+    both worker counts, two passes of watch capacity and fan-out, the paced
+    latency, the targets and the machine.
     """
     result = subprocess.run(
         [

@@ -29,8 +29,8 @@ STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}"
 
 class RunningClock(Clock):
     """
-    A fake reactor clock that says it is running, as the reactor is while
-    the daemon serves.
+    A fake reactor clock that reports itself running, as the reactor is
+    while the daemon serves.
     """
 
     running = True
