@@ -6,7 +6,7 @@ GET and PUBLISH of the daemon.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import txredisapi
 from twisted.internet import defer
@@ -25,8 +25,6 @@ from redis_ajax_push.redis_tls import client_tls_options
 from redis_ajax_push.redis_url import RedisURL
 from redis_ajax_push.sentinel import SentinelEndpoint
 from redis_ajax_push.signing import redact
-
-T = TypeVar("T")
 
 # Connecting gives up after this many seconds; the factory then backs off and
 # tries again.
