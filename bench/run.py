@@ -307,6 +307,15 @@ def git_revision() -> str:
     return revision + ("+dirty" if changed else "")
 
 
+# The sizes and durations of a full run and of a --quick one.
+FULL_DEFAULTS = {
+    "sizes": "1000,10000,15000",
+    "paced_watches": 10000,
+    "poll_seconds": 10.0,
+}
+QUICK_DEFAULTS = {"sizes": "50,200", "paced_watches": 200, "poll_seconds": 2.0}
+
+
 def positive_counts(text: str) -> str:
     """
     Accept a comma-separated list of positive integers, such as "1000,10000".
@@ -343,7 +352,9 @@ def positive_float(text: str) -> float:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     parser.add_argument(
         "--python",
         type=Path,
@@ -359,15 +370,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--sizes",
         type=positive_counts,
-        default="1000,10000,15000",
-        help="numbers of watches to hold, comma separated",
+        help="numbers of watches to hold, comma separated "
+        "(default 1000,10000,15000; 50,200 with --quick)",
     )
-    parser.add_argument("--paced-watches", type=positive_int, default=10000)
-    parser.add_argument("--poll-seconds", type=positive_float, default=10.0)
+    parser.add_argument(
+        "--paced-watches",
+        type=positive_int,
+        help="watches held in the paced run (default 10000; 200 with --quick)",
+    )
+    parser.add_argument(
+        "--poll-seconds",
+        type=positive_float,
+        help="duration of each poll run (default 10; 2 with --quick)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small sizes and short runs, to check that the bench works",
+        help="small sizes and short runs, to check that the bench works; "
+        "the targets are not checked",
     )
     parser.add_argument(
         "--poll-client",
@@ -375,7 +395,12 @@ def parse_args() -> argparse.Namespace:
         default="auto",
         help="poll load generator: wrk when installed (auto), or bench/driver.py",
     )
-    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=HERE / "results",
+        help="directory for the JSON record (default bench/results)",
+    )
     options = parser.parse_args()
     # Absolute but not resolved: a venv's python is a symlink to an
     # interpreter whose own directory has no twistd.
@@ -385,29 +410,39 @@ def parse_args() -> argparse.Namespace:
             f"--python: no twistd beside {options.python}; give the python of a "
             "venv with raps installed"
         )
-    if options.quick:
-        options.sizes = "50,200"
-        options.paced_watches = 200
-        options.poll_seconds = 2.0
+    try:
+        options.results.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--results: cannot create {options.results}: {error}")
+    if not os.access(options.results, os.W_OK):
+        parser.error(f"--results: {options.results} is not writable")
+    defaults = QUICK_DEFAULTS if options.quick else FULL_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(options, name) is None:
+            setattr(options, name, value)
     return options
 
 
 def main() -> None:
     options = parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="raps-bench-"))
     try:
-        run(options)
+        run(options, workdir)
     except subprocess.CalledProcessError as error:
         command = " ".join(str(part) for part in error.cmd[:3])
         raise SystemExit(
             f"bench: {command} ... exited with status {error.returncode}; its "
-            "error output is above"
+            f"error output is above, the logs are in {workdir}"
         ) from None
+    except BaseException:
+        _log(f"stopped; the logs of Redis and the daemon are in {workdir}")
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run(options: argparse.Namespace) -> None:
+def run(options: argparse.Namespace, workdir: Path) -> None:
     raise_fd_limit()
     quick = options.quick
-    workdir = Path(tempfile.mkdtemp(prefix="raps-bench-"))
     record: dict[str, Any] = {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "machine": machine(),
@@ -466,14 +501,16 @@ def run(options: argparse.Namespace) -> None:
             record["daemon_exit_status"] = daemon.stop()
     finally:
         redis.stop()
-    record["targets"] = check_targets(results, channels_per_connection(options))
+    # A quick run is too small for the targets to mean anything.
+    record["targets"] = (
+        [] if quick else check_targets(results, channels_per_connection(options))
+    )
     print(format_table(record))
     options.results.mkdir(parents=True, exist_ok=True)
     stamp = record["started"][:19].replace(":", "").replace("-", "")
     name = f"{stamp}-{record['python']['implementation'].lower()}.json"
     (options.results / name).write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nsaved {options.results / name}")
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def channels_per_connection(options: argparse.Namespace) -> int:

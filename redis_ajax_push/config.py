@@ -33,6 +33,11 @@ class ConfigError(Exception):
     """
 
 
+# The most processes that [http] workers may start: one per core of a big
+# machine, far from the thousands that a typo would fork.
+MAX_WORKERS = 256
+
+
 @dataclass(frozen=True)
 class HTTPConfig:
     listen: str = "tcp:8888:interface=127.0.0.1"
@@ -182,6 +187,11 @@ def _parse_http(table: dict[str, Any]) -> HTTPConfig:
         )
     if workers < 1:
         raise ConfigError(f"http.workers: must be 1 or more, not {workers}")
+    if workers > MAX_WORKERS:
+        raise ConfigError(
+            f"http.workers: must be at most {MAX_WORKERS}, not {workers}; one "
+            "process per CPU core is enough"
+        )
     return HTTPConfig(
         listen=listen,
         legacy_status_codes=legacy,

@@ -23,7 +23,8 @@ def test_quick_bench_records_every_section(tmp_path):
     bench/run.py --quick with one and two workers exits 0 and prints the
     table. Its JSON record has the ceiling, the polls (bench client) for
     both worker counts, two passes of watch capacity and fan-out, the paced
-    latency, the targets and the machine.
+    latency and the machine, and no targets, which a quick run does not
+    check.
     """
     result = subprocess.run(
         [
@@ -63,7 +64,7 @@ def test_quick_bench_records_every_section(tmp_path):
     paced = results["paced"]
     assert paced["measured"] > 0
     assert paced["errors"] == 0
-    assert {target["met"] for target in record["targets"]} <= {True, False}
+    assert record["targets"] == []
     assert record["daemon_exit_status"] == 0
 
 

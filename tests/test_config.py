@@ -317,6 +317,7 @@ INVALID_FILES = [
     pytest.param("[http]\nworkers = 'two'\n", "http.workers", id="string-workers"),
     pytest.param("[http]\nworkers = true\n", "http.workers", id="bool-workers"),
     pytest.param("[http]\nworkers = 1.5\n", "http.workers", id="float-workers"),
+    pytest.param("[http]\nworkers = 1000\n", "http.workers", id="too-many-workers"),
     pytest.param("[redis]\nprefix = ''\n", "redis.prefix", id="empty-prefix"),
     pytest.param("[redis]\nprefix = 'RA _'\n", "redis.prefix", id="space-in-prefix"),
 ]
