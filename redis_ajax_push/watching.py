@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.server import Request
 
@@ -17,7 +18,7 @@ from redis_ajax_push import sse
 from redis_ajax_push.channel import set_outcome
 from redis_ajax_push.commands import CommandConnection
 from redis_ajax_push.config import Config
-from redis_ajax_push.errors import KILLED, TaskError
+from redis_ajax_push.errors import KILLED, REDIS_UNAVAILABLE, TaskError
 from redis_ajax_push.heartbeat import HeartbeatWheel
 from redis_ajax_push.logs import RepeatedWarnings
 from redis_ajax_push.metrics import Metrics
@@ -38,6 +39,10 @@ WATCH_HEARTBEAT = b"\n"
 
 # Random bytes in a watch id, which the kill message of the watch carries.
 WATCH_ID_BYTES = 8
+
+# Seconds between two reads of the data key after a resubscription while
+# Redis does not reply.
+RECHECK_RETRY_DELAY = 0.5
 
 
 class WatchHandler:
@@ -169,7 +174,13 @@ class WatchHandler:
         if isinstance(event, Message) and event.raw is not None:
             return event.raw, event.status
         if event is RECHECK or event is TIMEOUT or isinstance(event, Message):
-            raw, status = await self._read_task(watch.task_id)
+            if event is RECHECK:
+                read = await self._read_after_reconnect(watch)
+                if read is None:
+                    return None
+                raw, status = read
+            else:
+                raw, status = await self._read_task(watch.task_id)
             done = status == DONE or (
                 isinstance(event, Message) and event.status == DONE
             )
@@ -178,6 +189,29 @@ class WatchHandler:
                 return None
             return raw, DONE if done else UPDATE
         raise AssertionError(f"unknown watch event {event!r}")
+
+    async def _read_after_reconnect(self, watch: Watch) -> tuple[bytes, object] | None:
+        """
+        Read the data key of a watch whose subscription came back after a
+        lost connection; C{None} when the watch ended meanwhile.
+
+        The command connection may still be reconnecting then, for example
+        while Sentinel promotes a new master, so a read that fails with
+        L{REDIS_UNAVAILABLE} is tried again until C{resubscribe_timeout} has
+        passed.
+        """
+        deadline = self._reactor.seconds() + self._watch_config.resubscribe_timeout
+        while True:
+            try:
+                return await self._read_task(watch.task_id)
+            except TaskError as error:
+                if error.kind is not REDIS_UNAVAILABLE:
+                    raise
+                if self._reactor.seconds() + RECHECK_RETRY_DELAY > deadline:
+                    raise
+            await deferLater(self._reactor, RECHECK_RETRY_DELAY, lambda: None)
+            if watch.ended:
+                return None
 
     async def watch(self, request: Request, task_id: str) -> bytes:
         """

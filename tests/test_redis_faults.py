@@ -10,7 +10,9 @@ import time
 
 import pytest_twisted
 import treq
+from twisted.internet import defer
 
+from redis_ajax_push.errors import REDIS_UNAVAILABLE, TaskError
 from tests.support import wait_until
 
 RUNNING = b'{"status": "running"}'
@@ -164,3 +166,35 @@ async def test_poll_recovers_after_restart(start_daemon, redis_server, redis_cli
         if codes[-1] == 200:
             break
     assert codes[-1] == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_reread_after_resubscribe_retried(daemon, redis_client):
+    """
+    When the data key cannot be read right after a resubscription, as while
+    the command connection still reconnects, the watch reads it again
+    instead of ending with redis_unavailable, and returns the done written
+    meanwhile.
+    """
+    redis_client.set("RA_D_f9", RUNNING)
+    pending = treq.get(daemon.url("/task/f9?watch"), persistent=False)
+    await wait_until(lambda: redis_client.pubsub_numsub("RA_SC_f9")[0][1] == 1)
+    commands = daemon.service.redis.commands
+    real_get = commands.get
+    failed_reads = []
+
+    def get_failing_twice(key):
+        if len(failed_reads) < 2:
+            failed_reads.append(key)
+            return defer.fail(TaskError(REDIS_UNAVAILABLE, "GET: no answer"))
+        return real_get(key)
+
+    commands.get = get_failing_twice
+    done = b'{"status": "done", "result": "read on the third try"}'
+    redis_client.set("RA_D_f9", done)
+    redis_client.client_kill_filter(_type="pubsub")
+    response = await pending
+
+    assert failed_reads == ["RA_D_f9", "RA_D_f9"]
+    assert response.code == 200
+    assert await response.content() == done

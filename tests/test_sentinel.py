@@ -256,7 +256,7 @@ async def test_poll_through_sentinel(sentinel_setup):
         await daemon.stop()
         master.close()
 
-    assert response.code == 200
+    assert response.code == 200, body
     assert body == RUNNING
     assert code == 200
 
@@ -340,7 +340,7 @@ async def test_watch_survives_failover(sentinel_setup, capsys):
         print(f"failover test took {time.monotonic() - started:.1f} s")
     assert before[0] == 200
     assert old_master_channel is False
-    assert response.code == 200
+    assert response.code == 200, body
     assert body == DONE
     assert after == (200, b'{"status": "ok"}')
     assert time.monotonic() - started < 30
@@ -380,7 +380,7 @@ async def test_watch_survives_master_crash(sentinel_setup):
         await daemon.stop()
         replica.close()
 
-    assert response.code == 200
+    assert response.code == 200, body
     assert body == DONE
     assert code == 200
     assert time.monotonic() - started < 30
@@ -438,7 +438,7 @@ async def test_tls_acl_failover(tls_sentinel_setup):
         master.close()
         replica.close()
 
-    assert response.code == 200
+    assert response.code == 200, body
     assert body == DONE
     assert len(raps_connections) == 2
     assert [entry["db"] for entry in raps_connections].count("3") == 1
