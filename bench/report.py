@@ -22,7 +22,7 @@ MAX_LEAK_BYTES_PER_WATCH = 256
 
 def check_targets(results: dict[str, Any], per_connection: int) -> list[dict[str, Any]]:
     """
-    Compare a run's results with the targets. Each entry holds the target,
+    Compare a run's results with the targets. Each entry contains the target,
     the measured figure and whether the figure meets the target.
     """
     checks: list[dict[str, Any]] = []

@@ -450,6 +450,7 @@ def run(options: argparse.Namespace, workdir: Path) -> None:
         "git": git_revision(),
         "quick": quick,
     }
+
     redis = Redis(workdir)
     record["redis"] = redis.version()
     results: dict[str, Any] = {}
@@ -457,6 +458,7 @@ def run(options: argparse.Namespace, workdir: Path) -> None:
     try:
         _log("ceiling: redis-benchmark")
         results["ceiling"] = redis_ceiling(redis, 20000 if quick else 200000)
+
         tasks = 1000 if quick else 10000
         redis.seed_poll_keys(tasks)
         results["poll"] = []
@@ -473,6 +475,7 @@ def run(options: argparse.Namespace, workdir: Path) -> None:
                     results["poll"].append({"workers": workers, **row})
             finally:
                 daemon.stop()
+
         daemon = Daemon(options.python, workdir, redis.port, 1)
         try:
             common = [
@@ -488,6 +491,7 @@ def run(options: argparse.Namespace, workdir: Path) -> None:
                 "--repeat=2",
                 f"--settle={1.5 if quick else 3}",
             )
+
             _log(f"paced: {options.paced_watches} watches")
             results["paced"] = driver(
                 "paced",
@@ -501,11 +505,13 @@ def run(options: argparse.Namespace, workdir: Path) -> None:
             record["daemon_exit_status"] = daemon.stop()
     finally:
         redis.stop()
+
     # A quick run is too small for the targets to mean anything.
     record["targets"] = (
         [] if quick else check_targets(results, channels_per_connection(options))
     )
     print(format_table(record))
+
     options.results.mkdir(parents=True, exist_ok=True)
     stamp = record["started"][:19].replace(":", "").replace("-", "")
     name = f"{stamp}-{record['python']['implementation'].lower()}.json"

@@ -33,8 +33,8 @@ class ConfigError(Exception):
     """
 
 
-# The most processes that [http] workers may start: one per core of a big
-# machine, far from the thousands that a typo would fork.
+# The maximum number of processes that [http] workers may start: one per
+# core of a big machine, far from the thousands that a typo would fork.
 MAX_WORKERS = 256
 
 

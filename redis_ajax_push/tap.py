@@ -117,7 +117,7 @@ class _CleanExitOnSIGTERM(Service):
 # watch's setup and of a burst of done messages in collections. Full
 # collections over its hundreds of thousands of live objects stalled a
 # paced load for up to 0.7 s. Collecting the youngest generation every
-# 100,000 allocations instead of 700 makes collections rare: a burst of
+# 100,000 allocations instead of 700 makes collections rare. A burst of
 # 10,000 done messages went from 166 to 90 us of CPU per watch, and the
 # paced p99 from 679 ms to under 2 ms (docs/performance.md). The cost is
 # cyclic garbage living longer: a few MB at most.
