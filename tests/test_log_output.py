@@ -20,8 +20,8 @@ from redis_ajax_push.log_output import (
     BufferedTextObserver,
 )
 from redis_ajax_push.testing import free_port
-from tests.test_tap import STOP_TIMEOUT, TWISTD, fetch_when_ready
-from tests.twistd_process import running_twistd
+from tests.test_tap import STOP_TIMEOUT, fetch_when_ready
+from tests.twistd_process import raps_command, running_twistd
 
 # twistd's time stamp: local time with its UTC offset.
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}"
@@ -156,11 +156,8 @@ def test_twistd_text_access_lines(tmp_path, redis_server, redis_client) -> None:
     redis_client.set("RA_D_tx1", b'{"status": "running"}')
     port = free_port()
     log_path = tmp_path / "twistd.out"
-    command = [
-        TWISTD, "-n", "--pidfile=", "raps",
-        "--listen", f"tcp:{port}:interface=127.0.0.1",
-        "--redis", redis_server.url,
-    ]  # fmt: skip
+    listen = f"tcp:{port}:interface=127.0.0.1"
+    command = raps_command("--listen", listen, "--redis", redis_server.url)
     with running_twistd(command, tmp_path, log_path) as process:
         status, _ = fetch_when_ready(
             f"http://127.0.0.1:{port}/task/tx1", process, log_path

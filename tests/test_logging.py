@@ -21,8 +21,8 @@ from redis_ajax_push.publisher import TaskPublisher
 from redis_ajax_push.signing import TaskIdSigner
 from redis_ajax_push.testing import free_port
 from tests.support import ChannelSpy, wait_until
-from tests.test_tap import STOP_TIMEOUT, TWISTD, fetch_when_ready, write_config
-from tests.twistd_process import running_twistd
+from tests.test_tap import STOP_TIMEOUT, fetch_when_ready, write_config
+from tests.twistd_process import raps_command, running_twistd
 
 SECRET = b"log-secret-0123456789abcdef"
 
@@ -307,18 +307,14 @@ def test_twistd_json_lines(tmp_path, redis_server, redis_client):
     port = free_port()
     config = write_config(tmp_path, '[log]\nformat = "json"\n')
     log_path = tmp_path / "twistd.out"
-    command = [
-        TWISTD,
-        "-n",
-        "--pidfile=",
-        "raps",
+    command = raps_command(
         "--config",
         config,
         "--listen",
         f"tcp:{port}:interface=127.0.0.1",
         "--redis",
         redis_server.url,
-    ]
+    )
     with running_twistd(command, tmp_path, log_path) as process:
         status, _ = fetch_when_ready(
             f"http://127.0.0.1:{port}/task/js1", process, log_path

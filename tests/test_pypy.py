@@ -24,7 +24,7 @@ import pytest
 from redis_ajax_push.testing import free_port
 from tests.test_tap import LOOPBACK_OPENER, fetch_when_ready
 from tests.test_workers import listening_inode
-from tests.twistd_process import running_twistd, stop_twistd
+from tests.twistd_process import raps_command, running_twistd, stop_twistd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,16 +112,13 @@ def test_pypy_twistd_poll_watch_stop(pypy_venv, tmp_path, redis_server, redis_cl
     port = free_port()
     base_url = f"http://127.0.0.1:{port}/task/pypy1"
     log_path = tmp_path / "twistd.out"
-    command = [
-        str(pypy_venv / "bin" / "twistd"),
-        "-n",
-        "--pidfile=",
-        "raps",
+    command = raps_command(
         "--listen",
         f"tcp:{port}:interface=127.0.0.1",
         "--redis",
         redis_server.url,
-    ]
+        twistd=str(pypy_venv / "bin" / "twistd"),
+    )
 
     with running_twistd(command, tmp_path, log_path) as process:
         poll_status, poll_body = fetch_when_ready(base_url, process, log_path)
@@ -166,7 +163,7 @@ def listening_socket_flags(pid: int, port: int, log_path: Path) -> int:
 def test_pypy_workers_serve_and_stop(pypy_venv, tmp_path, redis_server, redis_client):
     """
     With workers = 2 on PyPy, the shared listening socket stays
-    non-blocking, 200 polls on fresh connections are all answered, and
+    non-blocking, 200 polls on fresh connections all get status 200, and
     twistd exits with status 0 after SIGTERM. A blocking socket left a
     process that lost the race for a connection stuck in accept().
     """
@@ -179,10 +176,9 @@ def test_pypy_workers_serve_and_stop(pypy_venv, tmp_path, redis_server, redis_cl
     )
     url = f"http://127.0.0.1:{port}/task/pypy2"
     log_path = tmp_path / "twistd.out"
-    command = [
-        str(pypy_venv / "bin" / "twistd"), "-n", "--pidfile=",
-        "raps", "--config", str(config),
-    ]  # fmt: skip
+    command = raps_command(
+        "--config", str(config), twistd=str(pypy_venv / "bin" / "twistd")
+    )
     with running_twistd(command, tmp_path, log_path) as process:
         fetch_when_ready(url, process, log_path)
         flags = listening_socket_flags(process.pid, port, log_path)

@@ -10,8 +10,8 @@ import socket
 import time
 
 from redis_ajax_push.testing import free_port
-from tests.test_tap import STOP_TIMEOUT, TWISTD, fetch_when_ready
-from tests.twistd_process import running_twistd
+from tests.test_tap import STOP_TIMEOUT, fetch_when_ready
+from tests.twistd_process import raps_command, running_twistd
 
 
 def read_response(client, timeout=10.0):
@@ -42,16 +42,9 @@ def test_sigterm_ends_watches(tmp_path, redis_server, redis_client):
     baseline_clients = len(redis_client.client_list())
     port = free_port()
     log_path = tmp_path / "twistd.out"
-    command = [
-        TWISTD,
-        "-n",
-        "--pidfile=",
-        "raps",
-        "--listen",
-        f"tcp:{port}:interface=127.0.0.1",
-        "--redis",
-        redis_server.url,
-    ]
+    command = raps_command(
+        "--listen", f"tcp:{port}:interface=127.0.0.1", "--redis", redis_server.url
+    )
     with running_twistd(command, tmp_path, log_path) as process:
         fetch_when_ready(f"http://127.0.0.1:{port}/task/sd1", process, log_path)
         client = socket.create_connection(("127.0.0.1", port))

@@ -9,11 +9,9 @@ import gc
 import json
 import platform
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from twisted.application.service import MultiService
@@ -30,9 +28,7 @@ from redis_ajax_push.tap import (
     makeService,
 )
 from redis_ajax_push.testing import free_port
-from tests.twistd_process import running_twistd, stop_twistd
-
-TWISTD = str(Path(sys.executable).with_name("twistd"))
+from tests.twistd_process import TWISTD, raps_command, running_twistd, stop_twistd
 
 # Bounds for the subprocess tests, in seconds.
 COMMAND_TIMEOUT = 60
@@ -362,16 +358,9 @@ def test_twistd_serves_and_stops(tmp_path, redis_server, redis_client):
     redis_client.set("RA_D_job42", stored)
     port = free_port()
     log_path = tmp_path / "twistd.out"
-    command = [
-        TWISTD,
-        "-n",
-        "--pidfile=",
-        "raps",
-        "--listen",
-        f"tcp:{port}:interface=127.0.0.1",
-        "--redis",
-        redis_server.url,
-    ]
+    command = raps_command(
+        "--listen", f"tcp:{port}:interface=127.0.0.1", "--redis", redis_server.url
+    )
 
     with running_twistd(command, tmp_path, log_path) as process:
         status, body = fetch_when_ready(

@@ -27,8 +27,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 from redis_ajax_push.config import ConfigError, parse_config
 from redis_ajax_push.testing import free_port
 from tests.support import ChannelSpy
-from tests.test_tap import TWISTD
-from tests.twistd_process import running_twistd, stop_twistd
+from tests.twistd_process import raps_command, running_twistd, stop_twistd
 
 RUNNING = b'{"status": "running", "progress": 10}'
 READY_TIMEOUT = 20
@@ -200,16 +199,9 @@ def test_twistd_serves_https(tmp_path, redis_server, redis_client, certificate):
     redis_client.set("RA_D_tls3", RUNNING)
     port = free_port()
     log_path = tmp_path / "twistd.out"
-    command = [
-        TWISTD,
-        "-n",
-        "--pidfile=",
-        "raps",
-        "--listen",
-        ssl_endpoint(certificate, port),
-        "--redis",
-        redis_server.url,
-    ]
+    command = raps_command(
+        "--listen", ssl_endpoint(certificate, port), "--redis", redis_server.url
+    )
     context = ssl.create_default_context(cafile=str(certificate[1]))
 
     with running_twistd(command, tmp_path, log_path) as process:

@@ -28,10 +28,10 @@ from tests.redis_processes import make_tls_files
 from tests.test_tap import (
     COMMAND_TIMEOUT,
     STOP_TIMEOUT,
-    TWISTD,
     run_twistd,
     write_config,
 )
+from tests.twistd_process import raps_command
 
 # Bounds in seconds.
 READY_TIMEOUT = 20
@@ -187,16 +187,9 @@ class WorkersDaemon:
 
     def __init__(self, directory: Path, config: str, listen: str) -> None:
         self.log_path = directory / "twistd.out"
-        command = [
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "raps",
-            "--config",
-            write_config(directory, config),
-            "--listen",
-            listen,
-        ]
+        command = raps_command(
+            "--config", write_config(directory, config), "--listen", listen
+        )
         with self.log_path.open("wb") as log_file:
             self.process = subprocess.Popen(
                 command, cwd=directory, stdout=log_file, stderr=subprocess.STDOUT

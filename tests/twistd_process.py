@@ -7,12 +7,24 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 # Time in seconds that a stopping twistd gets before it is killed.
 STOP_TIMEOUT = 15
+
+# The twistd of the interpreter that runs the tests.
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+def raps_command(*options: str, twistd: str = TWISTD) -> list[str]:
+    """
+    Return the command line of C{twistd -n raps} in the foreground with no
+    pid file, followed by C{options} of the raps subcommand.
+    """
+    return [twistd, "-n", "--pidfile=", "raps", *options]
 
 
 @contextmanager
